@@ -1,0 +1,1 @@
+"""Benchmarks (``make bench``): each ``bench/bench_*.py`` exposes ``run(quick: bool) -> list[dict]``."""

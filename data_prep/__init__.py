@@ -1,0 +1,1 @@
+"""Curation: raw face videos and portraits -> WebDataset shards (see data_prep/README.md)."""

@@ -1,0 +1,1 @@
+"""Evaluation protocols, CLI and reports (installed as the package ``lp_eval``)."""

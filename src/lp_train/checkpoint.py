@@ -1,0 +1,174 @@
+"""Checkpoints: the official LivePortrait release format <-> lp-train's model files (STYLE rule 17).
+
+Official release (plain state dicts, loaded by the official inference code with ``strict=True``)::
+
+    base_models/appearance_feature_extractor.pth
+    base_models/motion_extractor.pth                      keys ``detector.*``
+    base_models/warping_module.pth
+    base_models/spade_generator.pth                       spectral norm: ``weight_orig/weight_u/weight_v``
+    retargeting_models/stitching_retargeting_module.pth   {retarget_shoulder, retarget_mouth, retarget_eye}
+                                                          each with ``module.mlp.N.*`` keys
+
+Our model file (``*.pt``): ``{"format": "lp-train-model/1", "state_dict": <LivePortrait state dict>, "config": {...}}``.
+Our sub-module names equal the official file stems, so import/export is a prefix map. Every load is strict:
+missing, unexpected and mis-shaped keys are reported (the first few by name) and nothing is loaded partially.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+MODEL_FORMAT = "lp-train-model/1"
+BASE_FILES = ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator")
+RETARGET_FILE = "retargeting_models/stitching_retargeting_module.pth"
+# official retargeting-file key -> our sub-module name under ``stitching_retargeting_module``
+RETARGET_KEYS = {"retarget_shoulder": "stitching", "retarget_mouth": "lip", "retarget_eye": "eye"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint does not match the network it is loaded into."""
+
+
+def _trusted_load(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file name
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+
+
+def check_state_dict(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], what: str) -> None:
+    """Raise ``CheckpointError`` unless ``got`` has exactly ``expected``'s keys and shapes (names the first few)."""
+    missing = [k for k in expected if k not in got]
+    extra = [k for k in got if k not in expected]
+    shape = [
+        f"{k}: expected {tuple(expected[k].shape)}, got {tuple(got[k].shape)}"
+        for k in expected
+        if k in got and tuple(expected[k].shape) != tuple(got[k].shape)
+    ]
+    if missing or extra or shape:
+        parts = []
+        for label, items in (("missing keys", missing), ("unexpected keys", extra), ("shape mismatches", shape)):
+            if items:
+                head = ", ".join(items[:5]) + (f", ... (+{len(items) - 5} more)" if len(items) > 5 else "")
+                parts.append(f"{len(items)} {label}: {head}")
+        raise CheckpointError(f"{what} does not match the network: " + "; ".join(parts))
+
+
+def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
+    """Check keys and shapes first, then load; never a partial load."""
+    check_state_dict(module.state_dict(), state_dict, what)
+    module.load_state_dict(state_dict, strict=True)
+
+
+def from_liveportrait(files: Mapping[str, Mapping]) -> dict[str, torch.Tensor]:
+    """Official per-file state dicts (keyed by file stem; retargeting as its 3-key dict) -> our flat state dict."""
+    out: dict[str, torch.Tensor] = {}
+    for stem in BASE_FILES:
+        if stem not in files:
+            raise CheckpointError(f"official checkpoint set lacks base_models/{stem}.pth")
+        out.update({f"{stem}.{k}": v for k, v in files[stem].items()})
+    retarget = files.get("stitching_retargeting_module")
+    if retarget is not None:
+        missing = sorted(set(RETARGET_KEYS) - set(retarget))
+        if missing:
+            raise CheckpointError(f"{RETARGET_FILE} lacks {missing} (has {sorted(retarget)})")
+        for key, name in RETARGET_KEYS.items():
+            for k, v in retarget[key].items():
+                k = k.removeprefix("module.")
+                out[f"stitching_retargeting_module.{name}.{k}"] = v
+    return out
+
+
+def to_liveportrait(state_dict: Mapping[str, torch.Tensor]) -> dict[str, dict]:
+    """Our flat state dict -> official per-file state dicts (retargeting keys get the ``module.`` prefix back)."""
+    files: dict[str, dict] = {stem: {} for stem in BASE_FILES}
+    retarget: dict[str, dict] = {key: {} for key in RETARGET_KEYS}
+    by_name = {name: key for key, name in RETARGET_KEYS.items()}
+    for k, v in state_dict.items():
+        stem, _, rest = k.partition(".")
+        if stem in files:
+            files[stem][rest] = v
+        elif stem == "stitching_retargeting_module":
+            name, _, rest = rest.partition(".")
+            retarget[by_name[name]][f"module.{rest}"] = v
+        else:
+            raise CheckpointError(f"key {k!r} belongs to no official checkpoint file")
+    if any(retarget.values()):
+        files["stitching_retargeting_module"] = retarget
+    return files
+
+
+def read_official_dir(root: str | os.PathLike) -> dict[str, Mapping]:
+    """Read the official release folder (``base_models/`` + optional ``retargeting_models/``)."""
+    root = Path(root)
+    files: dict[str, Mapping] = {}
+    for stem in BASE_FILES:
+        files[stem] = _trusted_load(root / "base_models" / f"{stem}.pth")
+    if (root / RETARGET_FILE).is_file():
+        files["stitching_retargeting_module"] = _trusted_load(root / RETARGET_FILE)
+    return files
+
+
+def _atomic_save(obj: object, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_official_dir(state_dict: Mapping[str, torch.Tensor], root: str | os.PathLike) -> list[Path]:
+    """Write our state dict as the official release layout; returns the files written."""
+    root = Path(root)
+    written = []
+    for stem, sd in to_liveportrait(state_dict).items():
+        path = root / (RETARGET_FILE if stem == "stitching_retargeting_module" else f"base_models/{stem}.pth")
+        _atomic_save(dict(sd), path)
+        written.append(path)
+    return written
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, config: Mapping | None = None) -> None:
+    """Save our model file (state dict + the resolved model config, no pickled code)."""
+    _atomic_save({"format": MODEL_FORMAT, "state_dict": model.state_dict(), "config": dict(config or {})}, Path(path))
+
+
+def read_model_state(path: str | os.PathLike, prefix: str | None = None) -> dict[str, torch.Tensor]:
+    """State dict from our model file, from a Lightning ``.ckpt`` (keys under ``prefix``, default ``model.``),
+    or from an official release folder."""
+    path = Path(path)
+    if path.is_dir():
+        return from_liveportrait(read_official_dir(path))
+    obj = _trusted_load(path)
+    if obj.get("format") == MODEL_FORMAT:
+        return obj["state_dict"]
+    if "state_dict" in obj:  # Lightning checkpoint
+        prefix = "model." if prefix is None else prefix
+        sd = {k.removeprefix(prefix): v for k, v in obj["state_dict"].items() if k.startswith(prefix)}
+        if not sd:
+            raise CheckpointError(f"{path}: no keys under prefix {prefix!r} in the Lightning checkpoint")
+        return sd
+    raise CheckpointError(f"{path}: not an lp-train model file, a Lightning checkpoint or an official folder")
+
+
+def load_model_weights(model: nn.Module, path: str | os.PathLike, prefix: str | None = None) -> None:
+    """Strictly load any supported checkpoint into ``model``. A model without stage-2 heads loads base weights only
+    when the checkpoint has heads; a model with heads requires them."""
+    sd = read_model_state(path, prefix)
+    expected = model.state_dict()
+    if not any(k.startswith("stitching_retargeting_module.") for k in expected):
+        sd = {k: v for k, v in sd.items() if not k.startswith("stitching_retargeting_module.")}
+    load_strict(model, sd, str(path))

@@ -1,0 +1,1 @@
+"""LivePortrait networks: plain nn.Modules (no lightning / hydra / omegaconf imports)."""
