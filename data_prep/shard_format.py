@@ -111,3 +111,15 @@ def encode_sample(meta: SampleMeta, frames: list[np.ndarray], landmarks: np.ndar
 def frame_names(sample: dict) -> list[str]:
     """The frame members of a raw sample, in order."""
     return sorted(k for k in sample if k.endswith(".jpg") and k[:4].isdigit())
+
+
+def encode_sample_jpegs(meta: SampleMeta, jpegs: list[bytes], landmarks: np.ndarray) -> dict:
+    """Like ``encode_sample`` for frames that are already JPEG-encoded (curation encodes each crop once)."""
+    if len(jpegs) != meta.num_frames or landmarks.shape != (meta.num_frames, NUM_LANDMARKS, 2):
+        raise ValueError(
+            f"sample {meta.key}: {len(jpegs)} frames and landmarks {landmarks.shape} for num_frames={meta.num_frames}"
+        )
+    sample = {"__key__": meta.key, "json": meta.to_json(), "landmarks.npy": encode_npy(landmarks.astype(np.float32))}
+    for i, jpeg in enumerate(jpegs):
+        sample[frame_member(i)] = jpeg
+    return sample

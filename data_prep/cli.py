@@ -1,0 +1,45 @@
+"""``lp-prep`` / ``python -m data_prep``: the curation command line (Hydra, ``conf/data_prep.yaml``).
+
+Curation of LivePortrait's training data (Guo et al. 2024, Sec. 4.1). Examples::
+
+    lp-prep inputs.paths=[/data/raw/vox2] output.dir=/data/curated workers=8          # run (resumable)
+    lp-prep inputs.manifest=/data/manifest.csv output.dir=/data/curated task.count=64  # one task of an array
+    lp-prep mode=merge output.dir=/data/curated                                       # index.json + report/
+
+``run`` / ``merge`` below are plain functions for tests and scripts; ``main`` only parses and calls.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from data_prep.report import merge
+from data_prep.run import run
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+log = logging.getLogger(__name__)
+
+
+def execute(cfg: DictConfig) -> dict:
+    """Dispatch on ``cfg.mode``: ``run`` curates (this task's slice), ``merge``/``stats`` indexes and reports."""
+    if cfg.mode == "run":
+        return run(cfg)
+    if cfg.mode in ("merge", "stats"):
+        return merge(cfg)["summary"]
+    raise ValueError(f"mode must be run, merge or stats; got {cfg.mode!r}")
+
+
+@hydra.main(config_path=CONF_DIR, config_name="data_prep", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    result = execute(cfg)
+    shown = {k: v for k, v in result.items() if k not in ("skipped", "by_dataset")}
+    print(json.dumps(shown, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

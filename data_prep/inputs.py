@@ -1,0 +1,200 @@
+"""Curation inputs: directories (recursive) and manifests (CSV / JSONL) -> an ordered, de-duplicated input list.
+
+LivePortrait (Guo et al. 2024, Sec. 4.1) curates public video corpora (VoxCeleb, MEAD, RAVDESS, ...) plus
+stylised portraits (AAHQ), images being one-frame clips. Every run (and every SLURM array task) builds the same
+list from the same arguments, sorted by path, so task ``k`` of ``n`` can take a deterministic slice of it.
+
+A manifest row has ``path`` (absolute, or relative to the manifest's folder) and optional ``identity``, ``split``,
+``dataset``. Inputs listed twice (same resolved path; optionally same content) are kept once; the repeats stay in
+the list, marked ``duplicate_of``, so that the report records them with reason ``duplicate``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from data_prep.shard_format import source_id
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"})
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One input file and its labels."""
+
+    path: str  # resolved absolute path
+    kind: str  # "video" | "image"
+    identity: str
+    split: str
+    dataset: str
+    duplicate_of: str | None = None
+    dup_index: int = 0  # k for the k-th repeat of an input (0 for the first)
+
+    @property
+    def id(self) -> str:
+        """Stable id (``shard_format.source_id`` of the resolved path); the sample-key prefix."""
+        return source_id(self.path)
+
+    @property
+    def uid(self) -> str:
+        """Journal id: ``id``, or ``id.dupK`` for the K-th repeat of a listed input."""
+        return self.id if self.dup_index == 0 else f"{self.id}.dup{self.dup_index}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def media_kind(path: str | Path) -> str | None:
+    """``"video"``, ``"image"`` or None from the file extension."""
+    ext = Path(path).suffix.lower()
+    if ext in VIDEO_EXTS:
+        return "video"
+    if ext in IMAGE_EXTS:
+        return "image"
+    return None
+
+
+def _identity(path: Path, identity_from: str) -> str:
+    if identity_from == "parent":
+        return path.parent.name
+    if identity_from == "grandparent":  # VoxCeleb layout: id/video/clip.mp4
+        return path.parent.parent.name
+    if identity_from == "stem":
+        return path.stem
+    if identity_from == "none":
+        return ""
+    raise ValueError(f"identity_from must be parent|grandparent|stem|none, got {identity_from!r}")
+
+
+def _resolve(path: str | Path, base: Path | None = None) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_absolute() and base is not None:
+        p = base / p
+    return Path(os.path.realpath(p))
+
+
+def read_manifest(manifest: str | Path) -> list[dict]:
+    """Rows of a CSV (header with ``path``) or JSONL manifest; relative paths resolved against its folder."""
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise FileNotFoundError(f"manifest {manifest} not found")
+    rows: list[dict] = []
+    if manifest.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+        for n, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{manifest}:{n}: not a JSON object ({e})") from e
+    else:
+        with manifest.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or not row.get("path"):
+            raise ValueError(f"{manifest} row {n}: needs a 'path' field, got {row!r}")
+        row["path"] = str(_resolve(row["path"], manifest.parent))
+    return rows
+
+
+def _content_digest(path: str, block: int = 1 << 20) -> str:
+    """Size + SHA-1 of the first and last MiB: a cheap content fingerprint for duplicate detection."""
+    h = hashlib.sha1()
+    try:
+        size = os.path.getsize(path)
+        h.update(str(size).encode())
+        with open(path, "rb") as f:
+            h.update(f.read(block))
+            if size > 2 * block:
+                f.seek(-block, os.SEEK_END)
+                h.update(f.read(block))
+    except OSError:
+        return f"unreadable:{path}"
+    return h.hexdigest()
+
+
+def discover(
+    paths: list[str] | None = None,
+    manifest: str | None = None,
+    dataset: str | None = None,
+    split: str = "train",
+    identity_from: str = "parent",
+    dedupe_content: bool = False,
+) -> list[InputItem]:
+    """All inputs, sorted by resolved path, with duplicates marked.
+
+    Args:
+        paths: directories (searched recursively for known extensions) and/or single files.
+        manifest: CSV / JSONL manifest (columns: path, identity, split, dataset).
+        dataset: dataset tag for inputs without one (default: name of the directory given in ``paths``).
+        split: split for inputs without one.
+        identity_from: identity for inputs without one: parent | grandparent | stem | none.
+        dedupe_content: also mark inputs with identical content (size + first/last MiB) as duplicates.
+    """
+    rows: list[dict] = []
+    for p in paths or []:
+        root = _resolve(p)
+        if root.is_dir():
+            tag = dataset or root.name
+            for f in sorted(root.rglob("*")):
+                if f.is_file() and media_kind(f):
+                    rows.append({"path": str(_resolve(f)), "dataset": tag})
+        elif root.exists() or Path(p).is_symlink():
+            rows.append({"path": str(root), "dataset": dataset or root.parent.name})
+        else:
+            raise FileNotFoundError(f"input {p} does not exist")
+    if manifest:
+        rows.extend(read_manifest(manifest))
+    items: list[InputItem] = []
+    for row in rows:
+        kind = media_kind(row["path"])
+        if kind is None:
+            log.warning("skipping %s: unknown extension (videos %s, images %s)", row["path"], VIDEO_EXTS, IMAGE_EXTS)
+            continue
+        p = Path(row["path"])
+        items.append(
+            InputItem(
+                path=row["path"],
+                kind=kind,
+                identity=str(row.get("identity") or _identity(p, identity_from)),
+                split=str(row.get("split") or split),
+                dataset=str(row.get("dataset") or dataset or p.parent.name),
+            )
+        )
+    items.sort(key=lambda it: it.path)  # stable: among equal paths, directory entries first, then manifest order
+    return _mark_duplicates(items, dedupe_content)
+
+
+def _mark_duplicates(items: list[InputItem], dedupe_content: bool) -> list[InputItem]:
+    seen: dict[str, str] = {}
+    occurrences: dict[str, int] = {}
+    out = []
+    for it in items:
+        key = _content_digest(it.path) if dedupe_content else it.path
+        k = occurrences.get(it.path, 0)
+        occurrences[it.path] = k + 1
+        if key in seen:
+            it = InputItem(**{**it.to_dict(), "duplicate_of": seen[key], "dup_index": k})
+        else:
+            seen[key] = it.path
+        out.append(it)
+    return out
+
+
+def task_slice(items: list[InputItem], task_index: int, num_tasks: int) -> list[InputItem]:
+    """Deterministic, balanced slice of the inputs for SLURM array task ``task_index`` of ``num_tasks``.
+
+    Items are dealt round-robin in path order (``items[task_index::num_tasks]``), which spreads big and small
+    folders over tasks; every input lands in exactly one task.
+    """
+    if num_tasks < 1 or not 0 <= task_index < num_tasks:
+        raise ValueError(f"task {task_index} of {num_tasks}: need 0 <= task < num_tasks")
+    return items[task_index::num_tasks]
