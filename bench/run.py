@@ -32,6 +32,14 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _section(name: str, record: dict) -> str:
+    env = record.get("env", {})
+    return (
+        f"## {name}\n\n{record.get('title', '')}\n\n{_table(record['rows'])}\n\n"
+        f"({record.get('seconds', '?')} s; torch {env.get('torch')}, {env.get('threads')} threads, {env.get('date')})\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only", nargs="*", help="benchmark names (bench_<name>.py) to run")
@@ -52,16 +60,18 @@ def main(argv: list[str] | None = None) -> None:
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    sections = [f"# lp-train benchmarks\n\nEnvironment: `{json.dumps(env)}`\n"]
     for name in names:
         mod = importlib.import_module(f"bench.bench_{name}")
         t0 = time.perf_counter()
         rows = mod.run(quick=args.quick)
-        (RESULTS / f"{name}.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
-        doc = (mod.__doc__ or "").strip().splitlines()[0] if mod.__doc__ else ""
-        sections.append(f"## {name}\n\n{doc}\n\n{_table(rows)}\n\n({time.perf_counter() - t0:.0f} s)\n")
-        print(sections[-1], flush=True)
-    (RESULTS / "README.md").write_text("\n".join(sections))
+        title = (mod.__doc__ or "").strip().splitlines()[0] if mod.__doc__ else ""
+        record = {"env": env, "title": title, "seconds": round(time.perf_counter() - t0, 1), "rows": rows}
+        (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=1))
+        print(_section(name, record), flush=True)
+    # the README covers every benchmark that has results, so `--only` refreshes its sections and keeps the others
+    records = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
+    body = "\n".join(_section(n, r) for n, r in records.items())
+    (RESULTS / "README.md").write_text(f"# lp-train benchmarks\n\n{body}")
     print(f"wrote {RESULTS}/README.md")
 
 
