@@ -70,6 +70,14 @@ def run(quick: bool = False) -> list[dict]:
                 }
             )
     per_frame = sum(r["value"] for r in rows if r["metric"].split()[2] in ("M", "W", "G", "S+R"))
-    rows.append({"metric": "per driving frame (M + W + G + S+R)", "value": per_frame, "unit": "ms", "device": "cpu fp32",
-                 "threads": torch.get_num_threads(), "paper_rtx4090_fp16_ms": 12.8})
+    rows.append(
+        {
+            "metric": "per driving frame (M + W + G + S+R)",
+            "value": per_frame,
+            "unit": "ms",
+            "device": "cpu fp32",
+            "threads": torch.get_num_threads(),
+            "paper_rtx4090_fp16_ms": 12.8,
+        }
+    )
     return rows

@@ -66,7 +66,9 @@ class DenseMotionNetwork(nn.Module):
         out = F.grid_sample(rep, motions.reshape(b * k1, d, h, w, 3), align_corners=False)
         return out.view(b, k1, c, d, h, w)
 
-    def heatmaps(self, spatial: tuple[int, int, int], kp_driving: torch.Tensor, kp_source: torch.Tensor) -> torch.Tensor:
+    def heatmaps(
+        self, spatial: tuple[int, int, int], kp_driving: torch.Tensor, kp_source: torch.Tensor
+    ) -> torch.Tensor:
         """Gaussian(driving) - Gaussian(source), with a zero background channel: (B, K+1, 1, D, H, W)."""
         heat = kp2gaussian(kp_driving, spatial, self.kp_variance) - kp2gaussian(kp_source, spatial, self.kp_variance)
         zeros = heat.new_zeros(heat.shape[0], 1, *spatial)
