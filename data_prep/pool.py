@@ -14,7 +14,7 @@ import logging
 import multiprocessing as mp
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
@@ -32,6 +32,17 @@ def _executor(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(
         workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(logging.getLogger().level,)
     )
+
+
+def _submit(ex: ProcessPoolExecutor, fn: Callable, item: Any) -> Future:
+    """``ex.submit`` that never raises: a pool that broke since the last result yields a failed future, which the
+    caller's ``BrokenProcessPool`` handler then retries like any other input in flight."""
+    try:
+        return ex.submit(fn, item)
+    except BrokenProcessPool as e:
+        fut: Future = Future()
+        fut.set_exception(e)
+        return fut
 
 
 def _isolated(fn: Callable, item: Any, on_crash: Callable[[Any], Any]) -> Any:
@@ -56,7 +67,7 @@ def ordered_map(
         return
     it = iter(items)
     ex = _executor(workers)
-    window: deque = deque((x, ex.submit(fn, x)) for x in itertools.islice(it, ahead * workers))
+    window: deque = deque((x, _submit(ex, fn, x)) for x in itertools.islice(it, ahead * workers))
     try:
         while window:
             item, fut = window.popleft()
@@ -68,11 +79,11 @@ def ordered_map(
                 result = _isolated(fn, item, on_crash)
                 pending = [x for x, _ in window]
                 ex = _executor(workers)
-                window = deque((x, ex.submit(fn, x)) for x in pending)
+                window = deque((x, _submit(ex, fn, x)) for x in pending)
             yield result
             nxt = next(it, _END)
             if nxt is not _END:
-                window.append((nxt, ex.submit(fn, nxt)))
+                window.append((nxt, _submit(ex, fn, nxt)))
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
 

@@ -57,10 +57,10 @@ def _context(cfg: DictConfig) -> EvalContext:
                        model.input_size, crop, e, int(cfg.batch_size))  # fmt: skip
 
 
+@torch.no_grad()
 def evaluate(cfg: DictConfig) -> dict:
     """Run the protocols of ``cfg.eval.protocols`` (enabled ones) and write every report; returns the summary."""
     _init_distributed()
-    torch.set_grad_enabled(False)
     ctx = _context(cfg)
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, ProtocolResult] = {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -130,15 +129,6 @@ def test_tiny_full_chain_shapes_and_every_parameter_gets_a_gradient(tiny):
     # GRN gamma/beta start at zero, so their inputs' grads are zero only for other params; the GRN params
     # themselves must still receive non-zero gradients.
     assert zero == [], zero
-
-
-def test_tiny_forward_backward_under_one_second(tiny):
-    tiny.train()
-    s, d = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
-    tiny(s, d)["image"].mean().backward()  # warm-up
-    t0 = time.perf_counter()
-    tiny(s, d)["image"].mean().backward()
-    assert time.perf_counter() - t0 < 1.0
 
 
 def test_discriminator_returns_logits_and_features():
