@@ -80,4 +80,30 @@ def run(quick: bool = False) -> list[dict]:
             "paper_rtx4090_fp16_ms": 12.8,
         }
     )
+    rows.append(_tiny_chain(reps))
     return rows
+
+
+def _tiny_chain(reps: int) -> dict:
+    """conf/model/tiny.yaml: forward + backward of the whole F, M, W, G chain at batch 1 (the test-suite model)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from lp_train.ckpt_cli import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR / "model"), version_base="1.3"):
+        net = instantiate(compose(config_name="tiny")).train()
+    s, d = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+
+    def step() -> None:
+        net.zero_grad()
+        net(s, d)["image"].mean().backward()
+
+    return {
+        "metric": "tiny model F+M+W+G forward+backward (64² in, 128² out), batch 1",
+        "value": _median_ms(step, reps),
+        "unit": "ms",
+        "device": "cpu fp32",
+        "threads": torch.get_num_threads(),
+        "paper_rtx4090_fp16_ms": "",
+    }
