@@ -1,0 +1,152 @@
+"""Checkpoint writing for long, preemptible runs (MISSION: "can I resume after preemption"):
+
+- ``AtomicCheckpointIO``: every Lightning checkpoint is written to a temporary file in the target directory and
+  moved into place with ``os.replace``, so a kill mid-write never leaves a truncated ``last.ckpt``;
+- ``StepCheckpoint``: periodic ``step{N}.ckpt`` files + ``last.ckpt`` (the newest state), also after the final step
+  and — on SIGTERM / SIGUSR1 (SLURM's warning signal) — after the current step, then a clean stop (all ranks agree).
+  Saving at a step boundary (not mid-step from a signal handler, not after ``fit`` returns) keeps the loop state
+  "mid-epoch", which is what an exact resume needs;
+- ``find_resume_checkpoint``: the newest checkpoint of a run directory (``checkpoints/last.ckpt``, periodic
+  ``checkpoints/step*.ckpt`` or Lightning's SLURM ``hpc_ckpt_*.ckpt``), for ``resume=auto``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` into ``<dir>/.<name>.*.tmp``, fsync, then ``os.replace`` onto the final name."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options, got {storage_options!r}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+class StepCheckpoint(L.Callback):
+    """Checkpoints at step boundaries: ``step{N:08d}.ckpt`` every ``every_n_train_steps`` (``keep_last`` newest kept),
+    ``last.ckpt`` = the newest state (a hard link to the step file, else its own file), written also after the final
+    step and after the step during which one of ``signals`` arrived — the run then stops.
+
+    Signal handlers are installed at the start of fitting, chained with those already present (Lightning's own
+    SIGTERM and SLURM handlers keep working), and restored at the end. Only rank 0 touches the files; every rank
+    takes part in the save (``Trainer.save_checkpoint`` is collective).
+
+    Args:
+        dirpath: checkpoint directory (the run's ``checkpoints/``).
+        every_n_train_steps: period in generator steps (0: only final / signal checkpoints).
+        keep_last: periodic files kept (older ones are deleted; 0 keeps all).
+        signals: signal names that trigger a checkpoint and a clean stop.
+    """
+
+    def __init__(
+        self,
+        dirpath: str,
+        every_n_train_steps: int = 1000,
+        keep_last: int = 3,
+        signals: Sequence[str] = ("SIGTERM", "SIGUSR1"),
+    ):
+        self.dirpath = Path(dirpath)
+        self.every_n_train_steps, self.keep_last = every_n_train_steps, keep_last
+        self.signals = [getattr(signal, name) for name in signals]
+        self.received: int | None = None
+        self.saved_step: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.received = signum
+        previous = self._previous.get(signum)
+        if callable(previous):
+            previous(signum, frame)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("StepCheckpoint: not the main thread, signal handlers not installed")
+            return
+        for sig in self.signals:
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handler)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        signalled = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
+        periodic = self.every_n_train_steps > 0 and step > 0 and step % self.every_n_train_steps == 0
+        final = 0 < trainer.max_steps <= step
+        if not (signalled or periodic or final) or self.saved_step == step:
+            return
+        if signalled:
+            log.warning("signal %s received: checkpointing step %d and stopping", self.received, step)
+            trainer.should_stop = True
+        self.save(trainer, periodic)
+
+    def save(self, trainer: L.Trainer, periodic: bool) -> Path:
+        """Write this step's checkpoint(s); returns ``last.ckpt``."""
+        step, last = trainer.global_step, self.dirpath / "last.ckpt"
+        if not periodic:
+            trainer.save_checkpoint(last)
+        else:
+            path = self.dirpath / f"step{step:08d}.ckpt"
+            trainer.save_checkpoint(path)
+            if trainer.is_global_zero:
+                _link_or_copy(path, last)
+                self._prune()
+        self.saved_step = step
+        return last
+
+    def _prune(self) -> None:
+        if self.keep_last > 0:
+            for old in sorted(self.dirpath.glob("step*.ckpt"))[: -self.keep_last]:
+                old.unlink(missing_ok=True)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for sig, handler in self._previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+        self._previous = {}
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Atomically make ``dst`` the same file as ``src`` (hard link; a copy where links are not possible)."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def find_resume_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The most recently written checkpoint of ``run_dir`` (see module docstring), or None."""
+    run_dir = Path(run_dir)
+    candidates = [*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
+    candidates = [p for p in candidates if p.is_file() and not p.name.startswith(".")]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"))

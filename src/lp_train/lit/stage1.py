@@ -1,0 +1,435 @@
+"""Stage 1 of LivePortrait (paper Sec. 3.1-3.2, "base model training"): F, M, W, G trained from scratch (or
+fine-tuned) on (source, driving) pairs against three discriminators (global, face, lip).
+
+Generator loss (weights from ``conf/loss``, names as logged under ``train/g/<term>``)::
+
+    perceptual_{full,face,lips}   cascaded multi-scale VGG19 perceptual loss        (Sec. 3.1 "cascaded loss terms")
+    gan_{global,face,lip}         adversarial loss of each discriminator             (hinge by default)
+    fm_{global,face,lip}          discriminator feature matching
+    equivariance                  L_E on the driving frame under a random TPS warp
+    keypoint_prior                L_L on x_s and x_d
+    head_pose                     L_H (pose teacher if configured, else landmark pseudo labels)
+    deformation                   L_Δ on δ_s and δ_d
+    identity                      ArcFace cosine distance on the face crop
+    guide                         L_guide Wing loss, 10 landmarks vs 10 keypoints of x_s and x_d (Sec. 3.2)
+    l1                            pixel L1 (not in the paper; 0 in the paper config, used by the tiny config)
+
+Discriminator loss: ``train/d/{global,face,lip}``. Manual optimisation with two explicit phases
+(``_generator_step`` then ``_discriminator_step``; STYLE rule 5). ``global_step`` counts generator steps (training
+iterations): the discriminator's optimiser is stepped through the strategy directly so it does not advance it.
+The stitching/retargeting heads in ``model`` (stage 2) are frozen here and receive no gradient.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.image import PeakSignalNoiseRatio
+
+from lp_train.checkpoint import load_model_weights
+from lp_train.keypoints import keypoints_from_motion
+from lp_train.lit.ema import EMA
+from lp_train.lit.monitoring import grad_norm
+from lp_train.lit.nonfinite import NonFiniteGuard
+from lp_train.lit.visualize import log_grid, reenactment_grid
+from lp_train.losses import (
+    CascadedPerceptualLoss,
+    DeformationPriorLoss,
+    EquivarianceLoss,
+    FaceIdentityLoss,
+    HeadPoseLoss,
+    KeypointPriorLoss,
+    LandmarkGuideLoss,
+    PoseTeacher,
+    RandomTPS,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_loss,
+    pixel_l1,
+    region_crop,
+)
+from lp_train.losses.gan import mean_logit
+from lp_train.models.liveportrait import LivePortrait
+
+log = logging.getLogger(__name__)
+
+
+def resize_to(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, size, size), antialiased bilinear (identity when already that size)."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
+                                           align_corners=False)  # fmt: skip
+
+
+GENERATOR_NETS = ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator")
+DISCRIMINATOR_REGION = {"global": None, "face": "face", "lip": "lips"}  # discriminator -> region it judges
+# constructor arguments that are objects built by Hydra (not hyper-parameters)
+# fmt: off
+INJECTED = ("model", "discriminators", "perceptual", "identity", "head_pose", "pose_teacher", "equivariance",
+            "keypoint_prior", "deformation", "guide", "optimizer_g", "optimizer_d", "scheduler_g", "scheduler_d")
+# fmt: on
+# frozen third-party networks: rebuilt from weights.* at start-up, never written into our checkpoints
+FROZEN_PREFIXES = ("perceptual.", "identity.", "pose_teacher.")
+
+
+def generator_terms(discriminators: Mapping[str, Any]) -> tuple[str, ...]:
+    """Names of every generator loss term for a set of discriminators."""
+    gan = tuple(f"{k}_{d}" for d in discriminators for k in ("gan", "fm"))
+    return (
+        "perceptual_full", "perceptual_face", "perceptual_lips", *gan, "equivariance", "keypoint_prior",
+        "head_pose", "deformation", "identity", "guide", "l1",
+    )  # fmt: skip
+
+
+class Stage1Module(L.LightningModule):
+    """F, M, W, G + discriminators with the cascaded stage-1 losses.
+
+    Args:
+        model: the LivePortrait networks (F, M, W, G trained; stitching heads, if any, frozen).
+        discriminators: ``{"global": D, "face": D, "lip": D}`` (a subset is allowed); owned by this module.
+        perceptual: cascaded VGG19 perceptual loss.
+        identity: ArcFace identity loss (None disables the term).
+        head_pose: L_H.
+        pose_teacher: pose teacher (None: the loader's landmark pseudo labels ``*_pose``).
+        equivariance: L_E.
+        keypoint_prior: L_L.
+        deformation: L_Δ.
+        guide: L_guide.
+        loss_weights: weight per generator term (``generator_terms``) and per discriminator (``d_<name>``);
+            missing terms weigh 0 and are not computed.
+        optimizer_g: partial optimiser for F, M, W, G (``_partial_: true``; paper: Adam 2e-4, betas 0.5/0.999).
+        optimizer_d: partial optimiser for the discriminators.
+        scheduler_g: optional partial LR scheduler for ``optimizer_g`` (stepped every iteration).
+        scheduler_d: optional partial LR scheduler for ``optimizer_d``.
+        gan_loss: ``hinge`` / ``lsgan`` / ``nonsaturating``.
+        crop_sizes: region crop sides for the cascaded losses, e.g. ``{"face": 256, "lips": 128}``.
+        equivariance_warp: ``RandomTPS`` options (sigma_affine, sigma_tps, points_tps).
+        d_start_step: generator step from which the GAN terms and discriminator updates run.
+        grad_clip_g: max global grad norm for the generator (None: no clipping, norm still logged).
+        grad_clip_d: same for the discriminators.
+        ema_decay: generator EMA decay (None: no EMA); the EMA is used for validation and export.
+        max_nonfinite: stop with an error after this many consecutive non-finite losses or gradients.
+        image_every: log an image grid every N generator steps (0: never).
+        num_images: rows in the grids.
+        init_weights: fine-tune start: our model file, a Lightning .ckpt or an official release folder.
+        channels_last: channels_last memory format (GPU only; ignored with a warning on CPU).
+        compile: ``torch.compile`` the networks in place (GPU only; ignored with a warning on CPU).
+    """
+
+    def __init__(
+        self,
+        model: LivePortrait,
+        discriminators: Mapping[str, nn.Module],
+        perceptual: CascadedPerceptualLoss,
+        identity: FaceIdentityLoss | None,
+        head_pose: HeadPoseLoss,
+        pose_teacher: PoseTeacher | None,
+        equivariance: EquivarianceLoss,
+        keypoint_prior: KeypointPriorLoss,
+        deformation: DeformationPriorLoss,
+        guide: LandmarkGuideLoss,
+        loss_weights: Mapping[str, float],
+        optimizer_g: Callable[..., torch.optim.Optimizer],
+        optimizer_d: Callable[..., torch.optim.Optimizer],
+        scheduler_g: Callable[..., Any] | None = None,
+        scheduler_d: Callable[..., Any] | None = None,
+        gan_loss: str = "hinge",
+        crop_sizes: Mapping[str, int] | None = None,
+        equivariance_warp: Mapping[str, float] | None = None,
+        d_start_step: int = 0,
+        grad_clip_g: float | None = None,
+        grad_clip_d: float | None = None,
+        ema_decay: float | None = None,
+        max_nonfinite: int = 10,
+        image_every: int = 500,
+        num_images: int = 4,
+        init_weights: str | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=list(INJECTED))
+        self.automatic_optimization = False
+        self.model = model
+        unknown = set(discriminators) - set(DISCRIMINATOR_REGION)
+        if unknown:
+            raise ValueError(f"unknown discriminators {sorted(unknown)}; expected keys of {list(DISCRIMINATOR_REGION)}")
+        self.discriminators = nn.ModuleDict(dict(discriminators))
+        self.perceptual = perceptual
+        self.identity = identity
+        self.head_pose = head_pose
+        self.pose_teacher = pose_teacher
+        self.equivariance = equivariance
+        self.keypoint_prior = keypoint_prior
+        self.deformation = deformation
+        self.guide = guide
+        self.loss_weights = self._check_weights(loss_weights)
+        self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
+        self.scheduler_g, self.scheduler_d = scheduler_g, scheduler_d
+        self.gan_loss = gan_loss
+        self.crop_sizes = dict(crop_sizes or {"face": 256, "lips": 128})
+        self.equivariance_warp = dict(equivariance_warp or {})
+        self.d_start_step, self.grad_clip_g, self.grad_clip_d = d_start_step, grad_clip_g, grad_clip_d
+        self.guard = NonFiniteGuard(max_nonfinite)
+        self.image_every, self.num_images = image_every, num_images
+        if model.stitching_retargeting_module is not None:
+            model.stitching_retargeting_module.requires_grad_(False)  # stage 2's heads: not trained here
+        if init_weights:
+            load_model_weights(self.model, init_weights)
+            log.info("stage 1: fine-tuning from %s", init_weights)
+        self.model_ema = EMA(self.model, ema_decay) if ema_decay else None
+        self.val_l1, self.val_l1_copy, self.val_l1_hr = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
+        self._logs: dict[str, Any] = {}  # this step's scalars, logged once at the end of training_step
+
+    def _check_weights(self, weights: Mapping[str, float]) -> dict[str, float]:
+        known = set(generator_terms(self.discriminators)) | {f"d_{d}" for d in self.discriminators}
+        unknown = set(weights) - known
+        if unknown:
+            raise ValueError(f"unknown loss weights {sorted(unknown)}; known terms: {sorted(known)}")
+        out = {k: float(weights.get(k, 0.0)) for k in sorted(known)}
+        if out["identity"] and self.identity is None:
+            raise ValueError("loss weight 'identity' > 0 but no identity loss (ArcFace) is configured")
+        return out
+
+    # ----------------------------------------------------------------------------------------------- setup
+    def generator_parameters(self) -> list[nn.Parameter]:
+        return [p for name in GENERATOR_NETS for p in getattr(self.model, name).parameters()]
+
+    def configure_optimizers(self):
+        opt_g = self.optimizer_g(params=self.generator_parameters())
+        opt_d = self.optimizer_d(params=list(self.discriminators.parameters()))
+        optimizers, schedulers = [opt_g, opt_d], []
+        for opt, sched in ((opt_g, self.scheduler_g), (opt_d, self.scheduler_d)):
+            if sched is not None:
+                schedulers.append({"scheduler": sched(optimizer=opt), "interval": "step"})
+        return optimizers, schedulers
+
+    def configure_model(self) -> None:
+        """channels_last / torch.compile: applied on GPU only (CPU runs keep the flags but skip them, loudly)."""
+        wanted = [name for name in ("channels_last", "compile") if self.hparams[name]]
+        if not wanted:
+            return
+        device = self.trainer.strategy.root_device  # (the module itself is moved to it only after this hook)
+        if device.type != "cuda":
+            log.warning("stage 1: %s requested but the device is %s: ignored (GPU only)", wanted, device)
+            return
+        nets = [getattr(self.model, n) for n in GENERATOR_NETS] + list(self.discriminators.values())
+        for net in nets:
+            if self.hparams.channels_last:
+                net.to(memory_format=torch.channels_last)
+            if self.hparams.compile:
+                net.compile()  # in place: state-dict keys unchanged
+
+    def on_fit_start(self) -> None:
+        uncalibrated = [
+            info.name
+            for info in (
+                getattr(self.perceptual.perceptual.features, "info", None),
+                getattr(getattr(self.identity, "embedder", None), "weights_info", None),
+                getattr(self.pose_teacher, "info", None),
+            )
+            if info is not None and not info.calibrated
+        ]
+        if uncalibrated:
+            log.warning("!" * 80)
+            log.warning(
+                "stage 1 uses RANDOM weights for %s: loss values are uncalibrated (tests/demo only)", uncalibrated
+            )
+            log.warning("!" * 80)
+        log.info(
+            "stage 1 head-pose targets: %s", "pose teacher" if self.pose_teacher is not None else "landmark labels"
+        )
+
+    # ----------------------------------------------------------------------------------------------- losses
+    def _gan_inputs(self, name: str, pred: torch.Tensor, target: torch.Tensor, boxes: torch.Tensor):
+        region = DISCRIMINATOR_REGION[name]
+        if region is None:
+            return pred, target
+        size = self.crop_sizes[region]
+        return region_crop(pred, boxes, region, size), region_crop(target, boxes, region, size)
+
+    def _pose_targets(self, batch: Mapping[str, torch.Tensor], side: str) -> torch.Tensor:
+        if self.pose_teacher is not None:
+            return self.pose_teacher(batch[f"{side}_hr"], batch[f"{side}_boxes"][:, 0])
+        return batch[f"{side}_pose"]
+
+    def _generator_losses(self, batch: Mapping[str, torch.Tensor], out: dict, gan_on: bool) -> dict[str, torch.Tensor]:
+        w = self.loss_weights
+        pred, target, boxes = out["image"], batch["driving_hr"], batch["driving_boxes"]
+        terms: dict[str, torch.Tensor] = {}
+        if any(w[f"perceptual_{r}"] for r in ("full", "face", "lips")):
+            terms.update({f"perceptual_{k}": v for k, v in self.perceptual(pred, target, boxes).items()})
+        for name, disc in self.discriminators.items() if gan_on else ():
+            fake_in, real_in = self._gan_inputs(name, pred, target, boxes)
+            fake_out = disc(fake_in)
+            terms[f"gan_{name}"] = generator_loss(fake_out, self.gan_loss)
+            if w[f"fm_{name}"]:
+                with torch.no_grad():
+                    real_out = disc(real_in)
+                terms[f"fm_{name}"] = feature_matching_loss(real_out, fake_out)
+        x_s, x_d = out["x_s"], out["x_d"]
+        if w["equivariance"]:
+            warp = RandomTPS(pred.shape[0], device=pred.device, **self.equivariance_warp)
+            kp_warped = keypoints_from_motion(self.model.motion(warp.transform_frame(batch["driving"])))
+            terms["equivariance"] = self.equivariance(keypoints_from_motion(out["drv"]), kp_warped, warp)
+        if w["keypoint_prior"]:
+            terms["keypoint_prior"] = (self.keypoint_prior(x_s) + self.keypoint_prior(x_d)) / 2
+        if w["head_pose"]:
+            src_t, drv_t = self._pose_targets(batch, "source"), self._pose_targets(batch, "driving")
+            terms["head_pose"] = (self.head_pose(out["src"], src_t) + self.head_pose(out["drv"], drv_t)) / 2
+        if w["deformation"]:
+            terms["deformation"] = self.deformation(out["src"].exp, out["drv"].exp)
+        if w["identity"]:
+            terms["identity"] = self.identity(pred, target, boxes[:, 0])
+        if w["l1"]:
+            terms["l1"] = pixel_l1(pred, target)
+        if w["guide"]:
+            terms["guide"] = (
+                self.guide(x_s, batch["source_landmarks"]) + self.guide(x_d, batch["driving_landmarks"])
+            ) / 2
+        return terms
+
+    # ----------------------------------------------------------------------------------------------- phases
+    def _generator_step(self, batch: Mapping[str, torch.Tensor]) -> dict | None:
+        """Forward F, M, W, G, compute the generator terms, one optimiser step. Returns the forward outputs, or
+        None when the step was skipped (non-finite loss)."""
+        opt_g = self.optimizers()[0]
+        gan_on = self.global_step >= self.d_start_step and len(self.discriminators) > 0
+        with self.toggled_optimizer(opt_g):
+            with torch.profiler.record_function("g_forward"):
+                out = self.model(batch["source"], batch["driving"])
+                terms = self._generator_losses(batch, out, gan_on)
+                total = sum(self.loss_weights[k] * v for k, v in terms.items())
+            if not self._finite(total, "generator"):
+                return None
+            opt_g.zero_grad(set_to_none=True)
+            with torch.profiler.record_function("g_backward"):
+                self.manual_backward(total)
+            opt_g.step()
+        if self.model_ema is not None:
+            self.model_ema.update(self.model)
+        self._logs.update({f"train/g/{k}": v.detach() for k, v in terms.items()} | {"train/g/total": total.detach()})
+        return out
+
+    def _discriminator_step(self, batch: Mapping[str, torch.Tensor], pred: torch.Tensor) -> None:
+        """Update the discriminators on (driving_hr, detached prediction), region by region."""
+        opt_d = self.optimizers()[1]
+        target, boxes = batch["driving_hr"], batch["driving_boxes"]
+        with self.toggled_optimizer(opt_d):
+            terms, scores = {}, {}
+            with torch.profiler.record_function("d_forward"):
+                for name, disc in self.discriminators.items():
+                    fake_in, real_in = self._gan_inputs(name, pred.detach(), target, boxes)
+                    real_out, fake_out = disc(real_in), disc(fake_in)
+                    terms[name] = discriminator_loss(real_out, fake_out, self.gan_loss)
+                    scores[f"train/d/real_{name}"] = mean_logit(real_out)
+                    scores[f"train/d/fake_{name}"] = mean_logit(fake_out)
+                total = sum(self.loss_weights[f"d_{k}"] * v for k, v in terms.items())
+            if not self._finite(total, "discriminator"):
+                return
+            opt_d.zero_grad(set_to_none=True)
+            with torch.profiler.record_function("d_backward"):
+                self.manual_backward(total)
+            # stepped through the strategy (precision plugin, hooks, clipping) without advancing global_step
+            self.trainer.strategy.optimizer_step(opt_d.optimizer, closure=lambda: None, model=self)
+        self._logs.update({f"train/d/{k}": v.detach() for k, v in terms.items()} | {"train/d/total": total.detach()})
+        self._logs.update(scores)
+
+    def _finite(self, loss: torch.Tensor, phase: str) -> bool:
+        """All ranks agree whether ``loss`` is finite; a non-finite one is skipped and counted by the guard."""
+        finite = bool(self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True))
+        self.guard.record(finite, phase, self.global_step)
+        self._logs["train/nonfinite_skipped"] = float(self.guard.total)
+        return finite
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        step, self._logs = self.global_step, {}
+        out = self._generator_step(batch)
+        if out is not None:
+            if step >= self.d_start_step and len(self.discriminators):
+                self._discriminator_step(batch, out["image"])
+            for sched in self._schedulers():
+                sched.step()
+            if self.image_every and step % self.image_every == 0:
+                self._log_images("train/images", batch, out, step)
+        self.log_dict(self._logs, batch_size=batch["source"].shape[0])
+        if "train/g/total" in self._logs:
+            self.log("train/loss", self._logs["train/g/total"], prog_bar=True, batch_size=batch["source"].shape[0])
+
+    def _schedulers(self) -> list:
+        scheds = self.lr_schedulers()
+        return [] if scheds is None else (scheds if isinstance(scheds, list) else [scheds])
+
+    # ----------------------------------------------------------------------------------------------- hooks
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Runs after unscaling: log the gradient norm, clip it, and drop non-finite gradients (skips the step)."""
+        is_g = optimizer is self.optimizers()[0].optimizer
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        clip = self.grad_clip_g if is_g else self.grad_clip_d
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm=clip if clip else math.inf)
+        name = "g" if is_g else "d"
+        self._logs[f"train/grad_norm/{name}"] = norm.detach().float()
+        self._logs[f"train/lr/{name}"] = float(optimizer.param_groups[0]["lr"])
+        for net in GENERATOR_NETS if is_g else ():
+            self._logs[f"train/grad_norm/{net}"] = grad_norm(getattr(self.model, net).parameters())
+        scaler_managed = str(self.trainer.precision).startswith("16")
+        if not scaler_managed and not torch.isfinite(norm):
+            for p in params:
+                p.grad = None  # the optimiser skips parameters without gradients
+            self.guard.record(False, f"{name} gradients", self.global_step)
+
+    def _log_images(self, key: str, batch: Mapping[str, torch.Tensor], out: dict, step: int) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        grid = reenactment_grid(
+            batch["source_hr"], batch["driving_hr"], out["image"], out["occlusion_map"], out["x_s"], out["x_d"],
+            self.num_images,
+        )  # fmt: skip
+        log_grid(self.loggers, key, grid, step, f"{self.trainer.default_root_dir}/images")
+
+    # ----------------------------------------------------------------------------------------------- validation
+    def eval_model(self) -> LivePortrait:
+        """The network used for validation and export: the EMA if enabled, else the trained one."""
+        return self.model_ema.module if self.model_ema is not None else self.model
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        """Self-reenactment metrics at the *input* resolution (the paper's protocol: 512² outputs are resized to
+        256²), against the copy-the-source baseline; ``val/l1_hr`` compares the full-size output."""
+        out = self.eval_model()(batch["source"], batch["driving"])
+        pred = resize_to(out["image"], batch["driving"].shape[-1]).float().clamp(0, 1)
+        target = batch["driving"].float()
+        b = target.shape[0]
+        self.val_l1.update((pred - target).abs().mean(dim=(1, 2, 3)))
+        self.val_l1_copy.update((batch["source"].float() - target).abs().mean(dim=(1, 2, 3)))
+        self.val_l1_hr.update((out["image"].float() - batch["driving_hr"].float()).abs().mean(dim=(1, 2, 3)))
+        self.val_psnr.update(pred, target)
+        metrics = {"val/l1": self.val_l1, "val/l1_copy_source": self.val_l1_copy, "val/l1_hr": self.val_l1_hr,
+                   "val/psnr": self.val_psnr}  # fmt: skip
+        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=b)
+        if batch_idx == 0 and self.image_every:
+            self._log_images("val/images", batch, out, self.global_step)
+
+    # ----------------------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Frozen third-party networks are rebuilt from ``weights.*`` and not stored; the guard's counters are."""
+        sd = checkpoint["state_dict"]
+        for k in [k for k in sd if k.startswith(FROZEN_PREFIXES)]:
+            del sd[k]
+        checkpoint["nonfinite_guard"] = self.guard.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        sd = checkpoint["state_dict"]
+        for k, v in self.state_dict().items():
+            if k.startswith(FROZEN_PREFIXES):
+                sd.setdefault(k, v)
+        if "nonfinite_guard" in checkpoint:
+            self.guard.load_state_dict(checkpoint["nonfinite_guard"])
