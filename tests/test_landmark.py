@@ -109,8 +109,8 @@ def test_distillation_learns_on_synthetic_faces(pairs, tmp_path):
             losses.append(float(outputs["loss"]))
 
     train = DataLoader(pairs, batch_size=8, shuffle=True, collate_fn=SyntheticPairs.collate)
-    trainer = L.Trainer(max_steps=300, accelerator="cpu", logger=False, enable_checkpointing=False, callbacks=[Record()],
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)  # fmt: skip
+    trainer = L.Trainer(max_steps=300, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        callbacks=[Record()], enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
     trainer.fit(module, train)
     assert sum(losses[-10:]) < 0.75 * sum(losses[:10]), losses
     held_out = SyntheticPairs(length=16, size=64, seed=12)  # other faces, poses and expressions

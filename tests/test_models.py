@@ -147,6 +147,12 @@ def test_zero_init_heads_are_exact_no_ops():
     assert torch.equal(heads.stitching(x), torch.zeros(3, 65))
     assert torch.equal(heads.lip(torch.randn(3, 65)), torch.zeros(3, 63))
     assert torch.equal(heads.eye(torch.randn(3, 66)), torch.zeros(3, 63))
+    # ... and they can learn: one SGD step makes Δ depend on the input (an all-zero MLP never would)
+    opt = torch.optim.SGD(heads.stitching.parameters(), lr=0.1)
+    (heads.stitching(x) - 1).pow(2).mean().backward()
+    opt.step()
+    a, b = heads.stitching(x[:1]), heads.stitching(x[1:2])
+    assert not torch.allclose(a, b)
 
 
 @pytest.mark.parametrize(

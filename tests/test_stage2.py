@@ -284,3 +284,26 @@ def test_stage2_tiny_experiment_runs_through_lp_train(tmp_path):
         assert f"train/{term}" in logged and f"val/{term}" in logged, term
     images = sorted(p.name for p in (tmp_path / "run" / "images").glob("*.png"))
     assert any(n.startswith("train_images") for n in images) and any(n.startswith("val_images") for n in images)
+
+
+@pytest.mark.slow
+def test_eye_head_learns_to_follow_its_target():
+    """Trained on random targets (as in stage 2), R_eyes becomes conditional: for one source, targets 0 / 0.4 / 0.8
+    give increasing measured ratios close to the targets (random tiny base, ``BrightnessLandmarks``)."""
+    ds = SyntheticPairs(length=8, size=64, cross_identity_prob=0.0, seed=3)
+    batch = SyntheticPairs.collate([ds[i] for i in range(4)])
+    mod, enc = calibrated_module(batch, heads=("eye",), lr=3e-3, loss_weights={"eye_region": 0.0, "eye_delta": 0.0})
+    opt = mod.configure_optimizers()["optimizer"]
+    for _ in range(250):
+        loss, _ = mod.compute_losses(batch)  # a new random target per sample and step
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    measured = []
+    with torch.no_grad():
+        for target in (0.0, 0.4, 0.8):
+            ratios = torch.cat([batch["source_eye_ratio"], torch.full((4, 1), target)], 1)
+            image = mod.decode(enc["f_s"], enc["x_s"], [mod.retarget("eye", enc["x_s"], ratios)[0]])[0]
+            measured.append(mod.measure("eye", image).mean().item())
+    assert measured[0] < measured[1] < measured[2], measured
+    assert measured[2] - measured[0] > 0.4, measured

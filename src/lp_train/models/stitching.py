@@ -16,7 +16,8 @@ class StitchingRetargetingNetwork(nn.Module):
         input_size: input width.
         hidden_sizes: widths of the hidden layers.
         output_size: output width.
-        zero_init: set every weight and bias to zero.
+        zero_init: zero the output layer, so Δ = 0 exactly at the start of stage 2 while the hidden layers keep
+            their default init (zeroing every layer would leave only the last bias trainable).
     """
 
     def __init__(self, input_size: int, hidden_sizes: list[int], output_size: int, zero_init: bool = False):
@@ -33,10 +34,9 @@ class StitchingRetargetingNetwork(nn.Module):
             self.zero_init()
 
     def zero_init(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.zeros_(m.weight)
-                nn.init.zeros_(m.bias)
+        last = self.mlp[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != self.input_size:
