@@ -50,9 +50,9 @@ def _tool(name: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    ap.add_argument("--stage1-steps", type=int, default=60)
-    ap.add_argument("--landmark-steps", type=int, default=60)
-    ap.add_argument("--stage2-steps", type=int, default=40)
+    ap.add_argument("--stage1-steps", type=int, default=30)
+    ap.add_argument("--landmark-steps", type=int, default=30)
+    ap.add_argument("--stage2-steps", type=int, default=10)
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -85,8 +85,17 @@ def main(argv: list[str] | None = None) -> None:
     base = s1 / "model.pt"
 
     lm = out / "landmark"
-    _run([_tool("lp-train"), "experiment=landmark_tiny", "data=tiny", *shard_args,
-          f"trainer.max_steps={args.landmark_steps}", f"hydra.run.dir={lm}"], log)
+    _run(
+        [
+            _tool("lp-train"),
+            "experiment=landmark_tiny",
+            "data=tiny",
+            *shard_args,
+            f"trainer.max_steps={args.landmark_steps}",
+            f"hydra.run.dir={lm}",
+        ],
+        log,
+    )
     landmark = lm / "landmark_regressor.pt"
 
     s2 = out / "stage2"
@@ -150,8 +159,8 @@ def _write_report(out: Path, data: Path, s1: Path, s2: Path, ev: Path, anim: Pat
         "",
         "| step | output |",
         "|---|---|",
-        f"| curation | `{data / 'curated'}` ({curated.get('samples', '?')} samples, "
-        f"{curated.get('frames', '?')} frames; report and contact sheets in `report/`) |",
+        f"| curation | `{data / 'curated'}` ({curated.get('num_samples', '?')} samples, "
+        f"{curated.get('num_frames', '?')} frames; report and contact sheets in `report/`) |",
         f"| stage 1 | `{s1}` (model.pt, checkpoints, CSV + wandb-offline logs, image grids) |",
         f"| stage 2 | `{s2}` |",
         f"| evaluation | `{ev}` (summary.json, report.md, per-video CSV, grids, mp4s) |",
