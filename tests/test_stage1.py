@@ -125,3 +125,14 @@ def test_fit_skips_nonfinite_steps_then_stops_with_a_clear_error(tmp_path, batch
     assert trainer.global_step == 0 and module.guard.total == 3
     for k, v in module.model.named_parameters():  # (BatchNorm running statistics do move in the forward passes)
         assert torch.equal(v, before[k]), f"{k} changed although every step was skipped"
+
+
+def test_one_step_under_bf16_autocast(tmp_path, batch):
+    """trainer.precision=bf16-mixed runs the whole stage-1 step (the paper config's precision; CPU autocast here)."""
+    module = _module(tmp_path)
+    loader = torch.utils.data.DataLoader([batch] * 2, batch_size=None)
+    trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", max_steps=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(module, train_dataloaders=loader)
+    assert trainer.global_step == 1 and module.guard.total == 0
+    assert all(p.dtype == torch.float32 for p in module.model.parameters())  # autocast, fp32 master weights

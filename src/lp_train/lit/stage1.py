@@ -65,7 +65,7 @@ def resize_to(images: torch.Tensor, size: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, size, size), antialiased bilinear (identity when already that size)."""
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
-    return torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
+    return torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True,
                                            align_corners=False)  # fmt: skip
 
 

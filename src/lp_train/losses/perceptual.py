@@ -99,9 +99,9 @@ class MultiScalePerceptualLoss(nn.Module):
         total = pred.new_zeros(())
         for s in self.scales:
             x, y = pred, target
-            if s != 1:
-                x = F.interpolate(pred, scale_factor=s, mode="bilinear", align_corners=False, antialias=True)
-                y = F.interpolate(target, scale_factor=s, mode="bilinear", align_corners=False, antialias=True)
+            if s != 1:  # (in fp32: the antialiased kernel has no bf16/fp16 CPU implementation)
+                x = F.interpolate(pred.float(), scale_factor=s, mode="bilinear", align_corners=False, antialias=True)
+                y = F.interpolate(target.float(), scale_factor=s, mode="bilinear", align_corners=False, antialias=True)
             fx = self.features(x)
             with torch.no_grad():
                 fy = self.features(y.detach())
