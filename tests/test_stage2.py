@@ -132,25 +132,26 @@ def test_zero_initialised_heads_leave_the_output_unchanged(batch):
     assert all(m.weight.abs().sum() > 0 for m in hidden)
 
 
-def test_all_zero_mlp_cannot_learn_an_input_dependence_but_init_head_can():
-    """Why ``init_head``: with every weight zero, only the last bias ever receives a gradient."""
+def test_zero_init_heads_start_at_zero_and_learn_an_input_dependence():
+    """An all-zero MLP would only ever train its last bias; ``zero_init`` zeroes the output layer alone, so the
+    heads start as exact no-ops and still learn input-dependent Δ (as ``init_head`` does)."""
     torch.manual_seed(0)
     x = torch.randn(16, 66)
     y = x[:, :1].repeat(1, 63)  # target depends on the input
-    outs = {}
-    for name in ("all_zero", "init_head"):
+    for use_init_head in (False, True):
         net = StitchingRetargetingNetwork(66, [32, 32], 63, zero_init=True)
-        if name == "init_head":
+        if use_init_head:
             init_head(net)
         assert net(x).abs().max() == 0
+        start = (net(x) - y).abs().mean().item()
         opt = torch.optim.Adam(net.parameters(), lr=1e-2)
         for _ in range(100):
             opt.zero_grad()
             (net(x) - y).abs().mean().backward()
             opt.step()
-        outs[name] = net(x).detach()
-    assert outs["all_zero"].std(0).max() < 1e-6  # the same output for every input
-    assert (outs["init_head"] - y).abs().mean() < 0.5 * (outs["all_zero"] - y).abs().mean()
+        out = net(x).detach()
+        assert out.std(0).max() > 0.1  # the output varies with the input
+        assert (out - y).abs().mean() < 0.5 * start
 
 
 def test_frozen_base_gets_no_updates_and_heads_train(batch):
