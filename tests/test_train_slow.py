@@ -34,7 +34,7 @@ def test_golden_loss_curve_of_stage1_tiny(tmp_path):
     batch 4). Regenerate deliberately with LP_UPDATE_GOLDEN=1 after an intended change of losses or data."""
     threads = _single_thread()
     try:
-        cfg = compose_train(tmp_path, "experiment=stage1_tiny", "~logger.wandb", "trainer.max_steps=20",
+        cfg = compose_train(tmp_path, "experiment=stage1_tiny", "trainer.max_steps=20",
                             "trainer.log_every_n_steps=1", "trainer.limit_val_batches=0", "trainer.deterministic=true",
                             "trainer.enable_progress_bar=false", "module.image_every=0", fast=False)  # fmt: skip
         train(cfg)
@@ -106,7 +106,7 @@ def test_tiny_stage1_learns_on_real_faces(tmp_path):
         tmp_path / "run", "experiment=stage1_tiny", "data=tiny", f"data.train_shards={shards}/train-*.tar",
         f"data.val_shards={shards}/val-*.tar", "data.batch_size=4", "data.pairs_per_sample=8",
         "trainer.max_steps=600", "trainer.val_check_interval=200", "trainer.limit_val_batches=4",
-        "trainer.enable_progress_bar=false", "~logger.wandb", fast=False,
+        "trainer.enable_progress_bar=false", fast=False,
     )  # fmt: skip
     result = train(cfg)
     pred, copy = _heldout_l1(result["module"], _pairs(held, pairs_per_clip=32))
