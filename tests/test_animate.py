@@ -30,13 +30,7 @@ PORTRAIT = FACES / "images/s0.jpg"  # 600x704 painting
 CLIP = FACES / "videos/d0.mp4"  # 512², 25 fps, 78 frames: the shortest clip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run faster on one thread, and far faster than two on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("lp_data_one_thread")  # tiny networks: far faster on one thread
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,9 @@ from lp_train.metrics.aed import ExpressionDistance
 from lp_train.metrics.apd import PoseDistance
 from lp_train.metrics.csim import CSIM, cosine_similarity
 from lp_train.metrics.face_params import FaceParamEstimator, FaceParams, MediapipeFaceParams, ModuleFaceParams
-from lp_train.metrics.identity import ArcFaceEmbedder, DlibFaceEmbedder, IResNet
+from lp_train.metrics.identity import ArcFaceEmbedder, DlibFaceEmbedder
 from lp_train.metrics.mae import GazeAngularError, angular_error_deg
+from lp_train.models.arcface import IRESNET_LAYERS, IResNet
 
 FACES = Path(__file__).resolve().parents[1] / "../shared/data/faces"
 
@@ -147,7 +148,7 @@ def test_csim_dlib_separates_identities():
 
 
 def test_arcface_layout_and_uncalibrated():
-    net = IResNet(IResNet.ARCHS["r100"])
+    net = IResNet(IRESNET_LAYERS["r100"])
     sd = net.state_dict()
     assert sum(p.numel() for p in net.parameters()) == 65_156_160  # insightface arcface_torch iresnet100
     assert sd["fc.weight"].shape == (512, 512 * 7 * 7) and "layer1.0.downsample.1.running_mean" in sd

@@ -21,13 +21,7 @@ from lp_train.models.stitching import StitchingRetargeting, StitchingRetargeting
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run faster on one thread, and far faster than two on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("lp_data_one_thread")  # tiny networks: far faster on one thread
 
 
 def tiny_model():

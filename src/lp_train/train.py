@@ -123,7 +123,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         last = output_dir / "checkpoints" / "last.ckpt"
         saved = [cb.saved_step for cb in trainer.callbacks if isinstance(cb, StepCheckpoint)]
         if trainer.global_step not in saved:  # e.g. stopped by max_epochs: the loop state is "epoch done"
-            trainer.save_checkpoint(last)
+            trainer.save_checkpoint(last, weights_only=False)
         result["checkpoint"] = last
     except BaseException:
         _finish_wandb(exit_code=1)

@@ -109,10 +109,10 @@ class StepCheckpoint(L.Callback):
         """Write this step's checkpoint(s); returns ``last.ckpt``."""
         step, last = trainer.global_step, self.dirpath / "last.ckpt"
         if not periodic:
-            trainer.save_checkpoint(last)
+            trainer.save_checkpoint(last, weights_only=False)  # full state: optimisers, loops, callbacks
         else:
             path = self.dirpath / f"step{step:08d}.ckpt"
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)
             if trainer.is_global_zero:
                 _link_or_copy(path, last)
                 self._prune()

@@ -11,42 +11,17 @@ from __future__ import annotations
 
 import torch
 
-from lp_train.metrics.base import FrameMetric
-from lp_train.metrics.face_params import FaceParamEstimator, FaceParams
+from lp_train.metrics.face_params import FaceParamMetric, FaceParams
 
 
-def _valid(pred: FaceParams, target: FaceParams) -> torch.Tensor:
-    if len(pred) != len(target):
-        raise ValueError(f"face parameters of {len(pred)} generated vs {len(target)} driving frames")
-    return pred.found & target.found
-
-
-class ExpressionDistance(FrameMetric):
-    """Mean L1 distance (↓) of expression parameters; ``update(FaceParams_gen, FaceParams_drv)``.
-
-    Args:
-        estimator: the estimator that produced the parameters (recorded in ``info``; the metric does not call it).
-    """
+class ExpressionDistance(FaceParamMetric):
+    """Mean L1 distance (↓) of expression parameters; ``update(FaceParams_gen, FaceParams_drv)``."""
 
     name = "aed_expression"
-    higher_is_better = False
-    kind = "face_params"
+    description = "mean |expr_gen - expr_drv| over expression dims"
 
-    def __init__(self, estimator: FaceParamEstimator | None = None) -> None:
-        super().__init__()
-        self.estimator = estimator
+    def distance(self, preds: FaceParams, target: FaceParams) -> torch.Tensor:
+        return (preds.expression - target.expression).abs().mean(1)
 
-    def score(self, preds: FaceParams, target: FaceParams) -> torch.Tensor:
-        valid = _valid(preds, target)
-        d = (preds.expression - target.expression).abs().mean(1)
-        return torch.where(valid, d, torch.full_like(d, float("nan")))
-
-    def info(self) -> dict:
-        est = self.estimator.info() if self.estimator is not None else {}
-        return {
-            "implementation": "lp_train.metrics.aed (mean |expr_gen - expr_drv| over expression dims); estimator: "
-            + str(est.get("implementation", "unknown")),
-            "weights": est.get("weights"),
-            "calibrated": bool(est.get("calibrated", False)),
-            "settings": {"units": est.get("units", {}).get("expression"), "missing": "frames without a face"},
-        }
+    def settings(self, estimator_info: dict) -> dict:
+        return {"units": estimator_info.get("units", {}).get("expression"), "missing": "frames without a face"}

@@ -11,37 +11,17 @@ from __future__ import annotations
 
 import torch
 
-from lp_train.metrics.aed import _valid
-from lp_train.metrics.base import FrameMetric
-from lp_train.metrics.face_params import FaceParamEstimator, FaceParams
+from lp_train.metrics.face_params import FaceParamMetric, FaceParams
 
 
-class PoseDistance(FrameMetric):
-    """Mean L1 distance (↓) of head-pose parameters; ``update(FaceParams_gen, FaceParams_drv)``.
-
-    Args:
-        estimator: the estimator that produced the parameters (recorded in ``info``).
-    """
+class PoseDistance(FaceParamMetric):
+    """Mean L1 distance (↓) of head-pose parameters; ``update(FaceParams_gen, FaceParams_drv)``."""
 
     name = "apd_pose"
-    higher_is_better = False
-    kind = "face_params"
+    description = "mean |pose_gen - pose_drv| over pose components"
 
-    def __init__(self, estimator: FaceParamEstimator | None = None) -> None:
-        super().__init__()
-        self.estimator = estimator
+    def distance(self, preds: FaceParams, target: FaceParams) -> torch.Tensor:
+        return (preds.pose - target.pose).abs().mean(1)
 
-    def score(self, preds: FaceParams, target: FaceParams) -> torch.Tensor:
-        valid = _valid(preds, target)
-        d = (preds.pose - target.pose).abs().mean(1)
-        return torch.where(valid, d, torch.full_like(d, float("nan")))
-
-    def info(self) -> dict:
-        est = self.estimator.info() if self.estimator is not None else {}
-        return {
-            "implementation": "lp_train.metrics.apd (mean |pose_gen - pose_drv| over pose components); estimator: "
-            + str(est.get("implementation", "unknown")),
-            "weights": est.get("weights"),
-            "calibrated": bool(est.get("calibrated", False)),
-            "settings": {"units": est.get("units", {}).get("pose"), "missing": "frames without a face"},
-        }
+    def settings(self, estimator_info: dict) -> dict:
+        return {"units": estimator_info.get("units", {}).get("pose"), "missing": "frames without a face"}

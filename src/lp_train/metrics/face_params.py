@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from lp_train import landmarks as L
+from lp_train.metrics.base import FrameMetric
 
 log = logging.getLogger(__name__)
 
@@ -272,4 +273,45 @@ class ModuleFaceParams:
             "calibrated": str(self.weights) != "random",
             "units": {"pose": self.pose_units, "expression": f"network outputs {self.expression_keys}"},
             "settings": {"input_size": self.input_size, "input_range": self.input_range},
+        }
+
+
+class FaceParamMetric(FrameMetric):
+    """Per-frame distance (↓) between the face parameters of generated and driving frames (AED / APD / MAE).
+
+    ``update(FaceParams_gen, FaceParams_drv)``; a frame without a face on either side scores NaN (counted as
+    missing). Subclasses give ``distance`` (B,) and their ``description`` / ``settings`` for ``info``.
+
+    Args:
+        estimator: the estimator that produced the parameters (recorded in ``info``; the metric does not call it).
+    """
+
+    higher_is_better = False
+    kind = "face_params"
+    description = ""  # what the per-frame distance is, for ``info()["implementation"]``
+
+    def __init__(self, estimator: FaceParamEstimator | None = None) -> None:
+        super().__init__()
+        self.estimator = estimator
+
+    def distance(self, preds: FaceParams, target: FaceParams) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def settings(self, estimator_info: dict) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def score(self, preds: FaceParams, target: FaceParams) -> torch.Tensor:
+        if len(preds) != len(target):
+            raise ValueError(f"{self.name}: face parameters of {len(preds)} generated vs {len(target)} driving frames")
+        d = self.distance(preds, target)
+        return torch.where(preds.found & target.found, d, torch.full_like(d, float("nan")))
+
+    def info(self) -> dict:
+        est = self.estimator.info() if self.estimator is not None else {}
+        return {
+            "implementation": f"{type(self).__module__} ({self.description}); estimator: "
+            + str(est.get("implementation", "unknown")),
+            "weights": est.get("weights"),
+            "calibrated": bool(est.get("calibrated", False)),
+            "settings": self.settings(est),
         }

@@ -23,10 +23,10 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 import torch
-from torch import nn
 
 from lp_train import weights as W
 from lp_train.metrics.face_params import FaceMesh3D, to_uint8_hwc
+from lp_train.models.arcface import IRESNET_LAYERS, IResNet
 
 # LivePortrait crop geometry (lp_train.crop: scale 2.3, centre moved up by 0.125 of the side): where the face is.
 CROP_SCALE, CROP_VY = 2.3, 0.125
@@ -110,57 +110,6 @@ class DlibFaceEmbedder:
         }
 
 
-class IBasicBlock(nn.Module):
-    """ArcFace IResNet block: BN-conv-BN-PReLU-conv(stride)-BN + shortcut."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(cin, eps=1e-5)
-        self.conv1 = nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout, eps=1e-5)
-        self.prelu = nn.PReLU(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, stride, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(cout, eps=1e-5)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout, eps=1e-5))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
-        return out + (x if self.downsample is None else self.downsample(x))
-
-
-class IResNet(nn.Module):
-    """ArcFace IResNet (insightface arcface_torch key layout): (B, 3, 112, 112) in [-1, 1] -> (B, 512).
-
-    Args:
-        layers: blocks per stage ((3, 13, 30, 3) = r100, (3, 4, 14, 3) = r50, (2, 2, 2, 2) = r18).
-        num_features: embedding width.
-    """
-
-    ARCHS = {"r18": (2, 2, 2, 2), "r34": (3, 4, 6, 3), "r50": (3, 4, 14, 3), "r100": (3, 13, 30, 3)}
-
-    def __init__(self, layers: tuple[int, ...] = (3, 13, 30, 3), num_features: int = 512):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64, eps=1e-5)
-        self.prelu = nn.PReLU(64)
-        cin = 64
-        for i, (n, cout) in enumerate(zip(layers, (64, 128, 256, 512), strict=True)):
-            blocks = [IBasicBlock(cin, cout, 2)] + [IBasicBlock(cout, cout) for _ in range(n - 1)]
-            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-            cin = cout
-        self.bn2 = nn.BatchNorm2d(512, eps=1e-5)
-        self.dropout = nn.Dropout(p=0.0)
-        self.fc = nn.Linear(512 * 7 * 7, num_features)
-        self.features = nn.BatchNorm1d(num_features, eps=1e-5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.prelu(self.bn1(self.conv1(x)))  # (B, 64, 112, 112)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, 512, 7, 7)
-        return self.features(self.fc(self.dropout(torch.flatten(self.bn2(x), 1))))
-
-
 class ArcFaceEmbedder:
     """ArcFace embeddings (512-d) of mediapipe-aligned 112² crops.
 
@@ -170,11 +119,11 @@ class ArcFaceEmbedder:
     """
 
     def __init__(self, weights: str | os.PathLike | None = None, arch: str = "r100") -> None:
-        if arch not in IResNet.ARCHS:
-            raise ValueError(f"ArcFace arch must be one of {sorted(IResNet.ARCHS)}, got {arch!r}")
+        if arch not in IRESNET_LAYERS:
+            raise ValueError(f"ArcFace arch must be one of {sorted(IRESNET_LAYERS)}, got {arch!r}")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            self.net = IResNet(IResNet.ARCHS[arch])
+            self.net = IResNet(IRESNET_LAYERS[arch])
         self.weights_info = W.load_into(self.net, "face_id", weights)
         self.net.eval().requires_grad_(False)
         self.arch = arch
@@ -200,7 +149,7 @@ class ArcFaceEmbedder:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         crops = np.stack([self.align(x) for x in to_uint8_hwc(images)])
-        x = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        x = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div(255.0)  # the net maps [0, 1] to [-1, 1]
         return self.net(x.to(next(self.net.parameters()).device)).double().cpu()
 
     def info(self) -> dict:

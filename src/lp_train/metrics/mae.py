@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from lp_train.metrics.aed import _valid
-from lp_train.metrics.base import FrameMetric
-from lp_train.metrics.face_params import FaceParamEstimator, FaceParams
+from lp_train.metrics.face_params import FaceParamMetric, FaceParams
 
 
 def angular_error_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -22,34 +20,16 @@ def angular_error_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.rad2deg(torch.atan2(torch.linalg.cross(a, b).norm(dim=1), (a * b).sum(1)))
 
 
-class GazeAngularError(FrameMetric):
-    """Mean angular error (↓, degrees) of gaze directions; ``update(FaceParams_gen, FaceParams_drv)``.
-
-    Args:
-        estimator: the estimator that produced the gaze vectors (recorded in ``info``).
-    """
+class GazeAngularError(FaceParamMetric):
+    """Mean angular error (↓, degrees) of gaze directions; ``update(FaceParams_gen, FaceParams_drv)``."""
 
     name = "mae_gaze"
-    higher_is_better = False
-    kind = "face_params"
+    description = "angle between gaze unit vectors, degrees"
 
-    def __init__(self, estimator: FaceParamEstimator | None = None) -> None:
-        super().__init__()
-        self.estimator = estimator
-
-    def score(self, preds: FaceParams, target: FaceParams) -> torch.Tensor:
-        valid = _valid(preds, target)
+    def distance(self, preds: FaceParams, target: FaceParams) -> torch.Tensor:
         if preds.gaze is None or target.gaze is None:
             raise ValueError("mae_gaze: the face-parameter estimator gives no gaze (FaceParams.gaze is None)")
-        d = angular_error_deg(preds.gaze, target.gaze)
-        return torch.where(valid, d, torch.full_like(d, float("nan")))
+        return angular_error_deg(preds.gaze, target.gaze)
 
-    def info(self) -> dict:
-        est = self.estimator.info() if self.estimator is not None else {}
-        return {
-            "implementation": "lp_train.metrics.mae (angle between gaze unit vectors, degrees); estimator: "
-            + str(est.get("implementation", "unknown")),
-            "weights": est.get("weights"),
-            "calibrated": bool(est.get("calibrated", False)),
-            "settings": {"units": "degrees", "gaze": est.get("units", {}).get("gaze")},
-        }
+    def settings(self, estimator_info: dict) -> dict:
+        return {"units": "degrees", "gaze": estimator_info.get("units", {}).get("gaze")}
