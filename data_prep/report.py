@@ -177,7 +177,8 @@ def contact_sheets(out: Path, shards: list[dict], report_dir: Path, count: int, 
         batch = tiles[s * rows * cols : (s + 1) * rows * cols]
         if not batch:
             break
-        sheet = Image.new("RGB", (cols * tile, rows * tile), (32, 32, 32))
+        used_cols = min(cols, len(batch))  # a short last (or only) sheet is cropped to its tiles
+        sheet = Image.new("RGB", (used_cols * tile, -(-len(batch) // cols) * tile), (32, 32, 32))
         draw = ImageDraw.Draw(sheet)
         for i, (img, lmk, _key) in enumerate(batch):
             x, y = (i % cols) * tile, (i // cols) * tile
