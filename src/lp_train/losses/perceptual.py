@@ -77,7 +77,7 @@ class MultiScalePerceptualLoss(nn.Module):
     """L_P on one view (see module docstring).
 
     Args:
-        features: a network returning a list of feature maps (``VGG19Features``; a stub in tests).
+        features: a network returning a list of feature maps (``VGG19Features``, or a small fixed network in tests).
         scales: pyramid scales (1 = input size), bilinear antialiased downsampling.
         layer_weights: weight per returned feature map (None = all 1).
     """

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from abc import abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,9 @@ class FrameMetric(Metric):
         self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("missing", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def score(self, preds: Any, target: Any) -> torch.Tensor:  # pragma: no cover - abstract
+    @abstractmethod
+    def score(self, preds: Any, target: Any) -> torch.Tensor:
         """Per-frame scores (B,), NaN where the frame cannot be scored."""
-        raise NotImplementedError
 
     def update(self, preds: Any, target: Any) -> None:
         """Score a batch and accumulate it."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -294,11 +295,13 @@ class FaceParamMetric(FrameMetric):
         super().__init__()
         self.estimator = estimator
 
-    def distance(self, preds: FaceParams, target: FaceParams) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def distance(self, preds: FaceParams, target: FaceParams) -> torch.Tensor:
+        """(B,) distance per frame pair (frames without a face are masked by ``score``)."""
 
-    def settings(self, estimator_info: dict) -> dict:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def settings(self, estimator_info: dict) -> dict:
+        """The ``settings`` entry of ``info()``, given the estimator's own ``info()``."""
 
     def score(self, preds: FaceParams, target: FaceParams) -> torch.Tensor:
         if len(preds) != len(target):
