@@ -1,5 +1,5 @@
 """Slow stage-1 tests (``make test-all``): the golden loss curve of ``stage1_tiny`` (STYLE rule 18), a run on real
-faces that learns (held-out reconstruction L1 far below the untrained network's), a real SIGTERM preemption of an
+faces that learns (held-out self-reenactment L1 far below the untrained network's), a real SIGTERM preemption of an
 ``lp-train`` process followed by ``resume=auto``, and exact resume through the shard loader."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,82 +55,39 @@ def test_golden_loss_curve_of_stage1_tiny(tmp_path):
     np.testing.assert_allclose(curve[:, 1:], golden[:, 1:], rtol=2e-3, err_msg="the stage1_tiny loss curve moved")
 
 
-def _face_shards(out: Path, held_out: tuple[str, ...] = ("d3", "d11")) -> list:
-    """Shards (real format) of the real faces: every clip's first 32 frames (every 3rd) + the portraits. The clips in
-    ``held_out`` are kept out of the training shards and returned (for the evaluation)."""
-    from lp_train.data.sample_shards import face_folder_samples, write_shards
-
-    samples = list(face_folder_samples(FACES, size=128, frames_per_clip=32, stride=3))
-    held = [s for s in samples if Path(s[0].source_path).stem in held_out and s[0].kind == "video"]
-    assert len(held) == len(held_out)
-    write_shards([s for s in samples if s not in held], out, prefix="train", per_shard=4)
-    write_shards(held, out, prefix="val", per_shard=1)
-    return held
-
-
-def _pairs(held: list, pairs_per_clip: int, min_gap: int = 8) -> dict:
-    """Self-reenactment pairs of the held-out clips (two frames at least ``min_gap`` sampled frames apart, no
-    augmentation) in the loader's batch contract (S = half the stored frame size)."""
-    from lp_train.data.batch import collate_pairs, compact_pair
-
-    rng, items = np.random.default_rng(0), []
-    for meta, frames, lmk in held:
-        candidates = [(i, j) for i in range(len(frames)) for j in range(len(frames)) if abs(i - j) >= min_gap]
-        for n in rng.choice(len(candidates), size=pairs_per_clip, replace=False):
-            i, j = candidates[n]
-            src, drv = (torch.from_numpy(frames[k]).permute(2, 0, 1).contiguous() for k in (i, j))
-            key = f"{meta.key}:{i}|{meta.key}:{j}"
-            items.append(compact_pair(src, drv, lmk[i], lmk[j], None, None, False, True, meta.identity, key))
-    return collate_pairs(items)
-
-
-@torch.no_grad()
-def _heldout_l1(module, pairs: dict) -> tuple[float, float]:
-    """L1 at the input resolution (paper protocol) of the prediction and of the copied source frame."""
-    from lp_train.lit.stage1 import resize_to
-
-    out = module.eval_model().eval()(pairs["source"], pairs["driving"])
-    pred = resize_to(out["image"], pairs["driving"].shape[-1]).clamp(0, 1)
-    return (pred - pairs["driving"]).abs().mean().item(), (pairs["source"] - pairs["driving"]).abs().mean().item()
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not FACES.is_dir(), reason=f"real test faces not found at {FACES} (../shared/data/faces)")
 def test_tiny_stage1_learns_on_real_faces(tmp_path):
-    """600 CPU steps of ``stage1_tiny`` on shards of 6 real clips + 19 portraits. On 2 held-out clips of unseen
-    people with real head motion (d12, s13; 64 frame pairs >= 24 frames apart) the reconstruction L1 falls to well
-    under that of the untrained network, and the training reconstruction L1 falls (last 100 steps vs first 25).
+    """``lp_train.learning_check``: 600 CPU steps of ``stage1_tiny`` on shards of the real faces (7 clips' first 70 %
+    of 60 frames, every 3rd, + 19 portraits); held out: d12 whole (an unseen person with real head motion) and the
+    last 30 % of every other clip (unseen segments of seen people), scored by the paper's self-reenactment protocol
+    (the first frame is the source, every later frame a driving frame). Asserted: held-out L1 falls far below
+    the untrained network's on both groups, and the training reconstruction L1 falls.
 
-    Not asserted: beating the copy-the-source baseline (issue 6 asks for it). Measured here: at 600 steps the model
-    is at ~0.17-0.18 L1 against copy-source 0.148 on these pairs, and it plateaus there up to 1000 steps with
-    every recipe tried (random VGG/ArcFace weights, 25 training identities): the printout keeps both numbers."""
+    Measured (deterministic, ~11 min): held-out L1 seen 0.292 -> 0.081, unseen 0.249 -> 0.129; training L1 0.212 ->
+    0.109. Not asserted: beating the copy-the-source baseline (issue 6 asks for it; 0.050 seen / 0.083 unseen). The
+    default recipe plateaus at ~0.078 seen by 750-1000 steps; a plain L1-only loop on the same data reaches 0.060 at
+    1000 steps. The printed table keeps every number per clip."""
     import csv
+    import json
 
-    from hydra.utils import instantiate
+    from lp_train.learning_check import main
 
-    shards = tmp_path / "shards"
-    held = _face_shards(shards, held_out=("d12", "s13"))
-    pairs = _pairs(held, pairs_per_clip=32)
-    cfg = compose_train(
-        tmp_path / "run", "experiment=stage1_tiny", "data=tiny", f"data.train_shards={shards}/train-*.tar",
-        f"data.val_shards={shards}/val-*.tar", "data.batch_size=4", "data.pairs_per_sample=8",
+    main([
+        str(tmp_path), "--faces", str(FACES), "--every", "200", "data.batch_size=4", "data.pairs_per_sample=8",
         "trainer.max_steps=600", "trainer.val_check_interval=200", "trainer.limit_val_batches=4",
-        "trainer.enable_progress_bar=false", fast=False,
-    )  # fmt: skip
-    torch.manual_seed(cfg.seed)
-    untrained = instantiate(cfg.model)
-    before, copy = _heldout_l1(type("Untrained", (), {"eval_model": lambda self: untrained})(), pairs)
-    result = train(cfg)
-    after, _ = _heldout_l1(result["module"], pairs)
+        "trainer.enable_progress_bar=false", "~logger.wandb",
+    ])  # fmt: skip
+    history = json.loads((tmp_path / "run" / "heldout.json").read_text())["history"]
+    assert [h["step"] for h in history] == [0, 200, 400, 600]
+    first, last = history[0]["groups"], history[-1]["groups"]
     with open(next((tmp_path / "run" / "csv").glob("version_*/metrics.csv"))) as f:
-        rows = list(csv.DictReader(f))
-    val = [round(float(r["val/l1"]), 4) for r in rows if r.get("val/l1")]
-    l1 = [float(r["train/g/l1"]) for r in rows if r.get("train/g/l1")]  # every 5th step
+        l1 = [float(r["train/g/l1"]) for r in csv.DictReader(f) if r.get("train/g/l1")]  # every 5th step
     early, late = float(np.mean(l1[:5])), float(np.mean(l1[-20:]))
-    print(f"held-out L1: untrained {before:.4f}, trained {after:.4f}, copy-source {copy:.4f}; validation {val}; "
-          f"train L1 steps 0-24 {early:.4f}, last 100 steps {late:.4f}")  # fmt: skip
-    assert after < 0.7 * before, f"held-out L1 {after:.4f} vs untrained {before:.4f}"
-    assert len(val) == 3 and len(l1) == 120 and late < 0.6 * early, (early, late)
+    print((tmp_path / "learning.md").read_text(), f"train L1 steps 0-24 {early:.4f}, last 100 steps {late:.4f}")
+    assert last["seen"]["l1"] < 0.4 * first["seen"]["l1"], (first["seen"], last["seen"])
+    assert last["unseen"]["l1"] < 0.7 * first["unseen"]["l1"], (first["unseen"], last["unseen"])
+    assert len(l1) == 120 and late < 0.6 * early, (early, late)
 
 
 @pytest.mark.slow

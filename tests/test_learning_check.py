@@ -1,0 +1,120 @@
+"""Held-out self-reenactment tracking (``lp_train.lit.heldout``) and the learning check (``lp_train.learning_check``):
+the split keeps held-out frames out of training, the scores equal hand-computed L1s, and a (resumed) run writes the
+curve, the table and the plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lp_train.data.sample_shards import synthetic_samples
+from lp_train.learning_check import first_frame_pairs, main, split_samples
+from lp_train.lit.heldout import load_pairs, reenactment_l1
+
+pytestmark = pytest.mark.usefixtures("lp_data_one_thread")
+
+
+def test_split_holds_out_clip_tails_and_unseen_identities_without_overlap(caplog):
+    samples = list(synthetic_samples(num_identities=3, frames_per_clip=12, num_images=2, size=32))
+    train, held, groups = split_samples(samples, unseen=["synthetic-2"], tail=0.3, gap=2)
+    assert groups == ["seen", "seen", "unseen"]
+    by_key = {m.key: (m, fr) for m, fr, _ in train}
+    for (meta, frames, lmks), group in zip(held, groups, strict=True):
+        full = next(s for s in samples if s[0].identity == meta.identity)
+        if group == "unseen":  # the whole clip, and nothing of it in training
+            assert len(frames) == 12 and not any(m.identity == meta.identity for m, _ in by_key.values())
+            continue
+        head = next(m for m, _ in by_key.values() if m.identity == meta.identity)
+        assert head.num_frames == 8 and meta.frame_indices == [10, 11]  # 12 * 0.7 -> 8 frames train, gap 2
+        assert head.key != meta.key and meta.chunk_index == 1
+        np.testing.assert_array_equal(frames[0], full[1][10])
+        np.testing.assert_array_equal(lmks[1], full[2][11])
+    assert sum(1 for m, _ in by_key.values() if m.kind == "image") == 2
+    with pytest.raises(ValueError, match="not there"):
+        split_samples(samples, unseen=["nobody"])
+    train, held, groups = split_samples(samples, tail=0.3, gap=3, min_frames=2)  # 12 - 8 - 3 = 1 frame < 2
+    assert held == [] and len(train) == len(samples) and "too short" in caplog.text
+
+
+class _Copy(nn.Module):
+    """Predicts the source (or the driving) frame: its L1 is copy-the-source (or 0)."""
+
+    def __init__(self, use_driving: bool = False):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+        self.use_driving = use_driving
+
+    def forward(self, source, driving):
+        return {"image": (driving if self.use_driving else source) + self.w}
+
+
+def test_reenactment_l1_matches_hand_computed_values_and_restores_train_mode():
+    g = torch.Generator().manual_seed(0)
+    pairs = {
+        name: {
+            "group": group,
+            "source": torch.rand(n, 3, 8, 8, generator=g),
+            "driving": torch.rand(n, 3, 8, 8, generator=g),
+        }
+        for name, group, n in (("a", "seen", 3), ("b", "unseen", 5))
+    }
+    model = _Copy().train()
+    res = reenactment_l1(model, pairs, batch_size=2)
+    assert model.training
+    for name, clip in pairs.items():
+        copy = (clip["source"] - clip["driving"]).abs().mean().item()
+        assert res["clips"][name]["l1_copy_source"] == pytest.approx(copy, rel=1e-6)
+        assert res["clips"][name]["l1"] == pytest.approx(copy, rel=1e-5)  # the copy model is the copy baseline
+    a, b = (pairs[k]["source"].sub(pairs[k]["driving"]).abs().mean().item() for k in "ab")
+    assert res["groups"]["all"]["l1_copy_source"] == pytest.approx((3 * a + 5 * b) / 8, rel=1e-6)
+    assert res["groups"]["seen"]["pairs"] == 3 and res["groups"]["all"]["ratio"] == pytest.approx(1.0, abs=1e-5)
+    bf16 = reenactment_l1(_Copy().to(torch.bfloat16), pairs)  # DeepSpeed bf16 weights: inputs follow their dtype
+    assert bf16["groups"]["all"]["l1"] == pytest.approx(res["groups"]["all"]["l1"], rel=1e-2)
+    perfect = reenactment_l1(_Copy(use_driving=True), pairs)
+    assert perfect["groups"]["all"]["l1"] < 1e-6 and perfect["groups"]["all"]["ratio"] < 1e-5
+
+
+def test_load_pairs_names_the_missing_file_and_rejects_bad_content(tmp_path):
+    with pytest.raises(FileNotFoundError, match="learning_check"):
+        load_pairs(tmp_path / "none.pt")
+    torch.save({"a": {"source": torch.zeros(2, 3, 8, 8), "driving": torch.zeros(3, 3, 8, 8)}}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="'a'"):
+        load_pairs(tmp_path / "bad.pt")
+
+
+def test_first_frame_pairs_follow_the_paper_protocol():
+    samples = list(synthetic_samples(num_identities=2, frames_per_clip=6, num_images=0, size=32))
+    pairs = first_frame_pairs(samples, ["seen", "unseen"])
+    assert set(pairs) == {"synthetic-0-tail", "synthetic-1"}
+    clip = pairs["synthetic-1"]
+    assert clip["source"].shape == (5, 3, 16, 16) and clip["group"] == "unseen"
+    assert torch.equal(clip["source"][0], clip["source"][4])  # frame 0 drives nothing: it is every pair's source
+    assert not torch.equal(clip["driving"][0], clip["driving"][1])
+
+
+def test_learning_check_cli_writes_curve_table_plot_and_resumes(tmp_path):
+    args = [str(tmp_path), "--synthetic", "--frames-per-clip", "12", "--unseen", "synthetic-3", "--every", "2",
+            "data.batch_size=2", "~logger.wandb", "trainer.enable_progress_bar=false", "module.image_every=0",
+            "trainer.limit_val_batches=0"]  # fmt: skip
+    main([*args, "trainer.max_steps=4"])
+    history = json.loads((tmp_path / "run" / "heldout.json").read_text())["history"]
+    assert [h["step"] for h in history] == [0, 2, 4]
+    assert set(history[0]["groups"]) == {"seen", "unseen", "all"} and history[-1]["groups"]["all"]["pairs"] == 3 + 11
+    assert history[-1]["groups"]["all"]["l1"] < history[0]["groups"]["all"]["l1"]  # 4 steps move it off the init
+    table = (tmp_path / "learning.md").read_text()
+    assert "| synthetic-3 | unseen | 11 |" in table and "| **all** | | 14 |" in table
+    assert (tmp_path / "learning.png").stat().st_size > 10_000
+    with open(next((tmp_path / "run" / "csv").glob("version_*/metrics.csv"))) as f:
+        logged = [r for r in csv.DictReader(f) if r.get("heldout/l1")]
+    assert [int(r["step"]) for r in logged] == [0, 2, 4]
+    assert float(logged[-1]["heldout/unseen/l1"]) == pytest.approx(history[-1]["groups"]["unseen"]["l1"], rel=1e-6)
+
+    main([*args, "trainer.max_steps=6"])  # resume=auto: continues from step 4, the history is not duplicated
+    history2 = json.loads((tmp_path / "run" / "heldout.json").read_text())["history"]
+    assert [h["step"] for h in history2] == [0, 2, 4, 6]
+    assert history2[2] == history[2]
