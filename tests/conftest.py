@@ -3,9 +3,15 @@ ones additively."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Tests never reach wandb's servers: `make test` exports this, and a bare `pytest` gets it here (without it, a wandb run
+# started after another test's wandb state can fall back to online mode and ask for a login).
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
 
 FACES_DIR = Path(__file__).resolve().parents[1] / "../shared/data/faces"
 
