@@ -194,6 +194,9 @@ def main(argv: list[str] | None = None) -> dict:
     if not any(o.startswith("experiment=") for o in overrides):
         overrides.insert(0, "experiment=stage1_tiny")
     data_group = ["data=tiny" if args.size == 128 else "data=shards"]
+    if args.size == 128:  # data=tiny reads 8 pairs per sample into a 16-pair buffer: batches of one or two clips.
+        # Mixing clips (2 pairs per read, 256-pair buffer) learns faster: held-out seen L1 0.0705 vs 0.078 at step 1000.
+        data_group += ["data.pairs_per_sample=2", "data.shuffle_buffer=256", "data.pool_size=32"]
     if any(o.startswith("data=") for o in overrides):
         data_group = []
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
