@@ -64,7 +64,7 @@ def test_tiny_stage1_learns_on_real_faces(tmp_path):
     (the first frame is the source, every later frame a driving frame). Asserted: held-out L1 falls far below
     the untrained network's on both groups, and the training reconstruction L1 falls.
 
-    Measured (deterministic, ~6-11 min): held-out L1 seen 0.292 -> 0.080, unseen 0.249 -> 0.142; training L1 0.205 ->
+    Measured (seed 0, ~6-11 min): held-out L1 seen 0.292 -> 0.080, unseen 0.249 -> 0.142; training L1 0.205 ->
     0.109. Not asserted: beating the copy-the-source baseline (issue 6 asks for it; 0.050 seen / 0.083 unseen). At
     1000 steps this recipe is at 0.071 / 0.120; a plain L1-only loop on the same data reaches 0.060 seen. The printed
     table keeps every number per clip."""
