@@ -27,7 +27,6 @@ from lp_eval.reenact import Reenactor, load_model, resolve_device
 from lp_eval.registry import get_protocol
 from lp_eval.report import (
     append_metric_lines,
-    atomic_text,
     log_wandb,
     markdown_tables,
     protocol_summary,
@@ -36,6 +35,8 @@ from lp_eval.report import (
 )
 from lp_eval.store import rank_world
 from omegaconf import DictConfig, OmegaConf
+
+from lp_train.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -89,10 +90,10 @@ def _write_reports(cfg: DictConfig, ctx: EvalContext, summary: dict, results: di
     summary["environment"] = {"git": info["git"], "packages": info["packages"], "accelerator": info["accelerator"]}
     config = {**OmegaConf.to_container(cfg, resolve=True), "run": runinfo.wandb_summary(info)}
     summary["wandb_dir"] = log_wandb(cfg.eval.wandb, summary, results, media, config)
-    atomic_text(ctx.out_dir / "summary.json", json.dumps(summary, indent=1, default=str))
+    atomic_write_text(ctx.out_dir / "summary.json", json.dumps(summary, indent=1, default=str))
     md = [f"# Evaluation: {summary['run_name']}\n", f"checkpoint: `{summary['checkpoint']}`\n"]
     md += [markdown_tables({summary["run_name"]: summary}, name) for name in results]
-    atomic_text(ctx.out_dir / "report.md", "\n".join(md))
+    atomic_write_text(ctx.out_dir / "report.md", "\n".join(md))
     append_metric_lines(ctx.out_dir, summary)
     log.info("reports written to %s", ctx.out_dir)
 
@@ -112,7 +113,7 @@ def _compare_main(argv: list[str]) -> None:
     args = ap.parse_args(argv)
     text = compare_runs(args.runs, args.names)
     if args.out:
-        atomic_text(Path(args.out), text)
+        atomic_write_text(Path(args.out), text)
     print(text)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import cv2
@@ -43,14 +42,6 @@ def fmt(name: str, value: float | None) -> str:
     if math.isinf(value):
         return "inf"
     return f"{value:.{DIGITS.get(name, 4)}f}"
-
-
-def atomic_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (never a half-written report)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def protocol_summary(res: ProtocolResult) -> dict:

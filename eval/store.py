@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from lp_train.fileio import atomic_write_text
+
 FIXED = ("key", "source", "driving", "frames", "seconds")
 
 
@@ -26,12 +28,6 @@ def rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _read(path: Path) -> list[dict]:
@@ -86,7 +82,7 @@ class ResultStore:
         """Record a finished video (written to this rank's part file at once)."""
         self.rows[row["key"]] = row
         self._mine.append(row)
-        _atomic_write(self.part, rows_to_csv(self._mine))
+        atomic_write_text(self.part, rows_to_csv(self._mine))
 
     def gather(self) -> list[dict]:
         """All rows of all ranks (every rank gets them); rank 0 writes ``per_video.csv`` and removes part files."""
@@ -98,7 +94,7 @@ class ResultStore:
                 rows.update({r["key"]: r for r in part})
         ordered = [rows[k] for k in sorted(rows)]
         if self.rank == 0:
-            _atomic_write(self.merged, rows_to_csv(ordered))
+            atomic_write_text(self.merged, rows_to_csv(ordered))
             for p in self.folder.glob("per_video.rank*.csv"):
                 p.unlink(missing_ok=True)
         if self.world > 1:

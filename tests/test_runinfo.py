@@ -126,3 +126,23 @@ def test_hydra_multirun_context_gives_a_shared_sweep_group(tmp_path: Path) -> No
     assert info["mode"] == "MULTIRUN" and info["job_num"] == 1 and info["job_name"] == "train"
     assert group == "train-2025-01-01-12-00-00"
     assert runinfo.sweep_group({"hydra": {"mode": "RUN"}}) is None
+
+
+def test_atomic_write_text_replaces_whole_files_and_leaves_no_temporaries(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from lp_train.fileio import atomic_write_text
+
+    target = tmp_path / "deep" / "report.md"
+    atomic_write_text(target, "first ✓\n")
+    atomic_write_text(target, "second\n")
+    assert target.read_text(encoding="utf-8") == "second\n" and stat.S_IMODE(target.stat().st_mode) == 0o644
+
+    def broken_replace(src, dst):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk gone"):
+        atomic_write_text(target, "third\n")
+    assert target.read_text() == "second\n" and sorted(p.name for p in target.parent.iterdir()) == ["report.md"]

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lp_train.fileio import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 
@@ -132,7 +134,7 @@ def report(heldout_json: Path, out_dir: Path) -> tuple[Path, Path]:
         cells = [f"{h['groups'][g]['l1']:.4f} ({h['groups'][g]['l1_copy_source']:.4f})" for g in groups]
         lines.append(f"| {h['step']} | " + " | ".join(cells) + " |")
     md = out_dir / "learning.md"
-    md.write_text("\n".join(lines) + "\n")
+    atomic_write_text(md, "\n".join(lines) + "\n")
 
     fig, ax = plt.subplots(figsize=(6.5, 4), dpi=100)
     steps = [h["step"] for h in history]

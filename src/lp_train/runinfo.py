@@ -20,12 +20,13 @@ import platform
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from lp_train.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -213,26 +214,18 @@ def global_rank(env: Mapping[str, str] | None = None) -> int:
     return 0
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are plain, shareable run records
-    os.replace(tmp, path)
-
-
 def write(info: Mapping[str, Any], out_dir: str | os.PathLike) -> Path:
     """Write ``runinfo.json``, append to ``runinfo.jsonl`` and write ``config_resolved.yaml`` in ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(info, indent=2, sort_keys=True, default=str)
-    _atomic_write(out / "runinfo.json", text + "\n")
+    atomic_write_text(out / "runinfo.json", text + "\n")
     with open(out / "runinfo.jsonl", "a") as f:
         f.write(json.dumps(info, sort_keys=True, default=str) + "\n")
     if info.get("config") is not None:
         import yaml
 
-        _atomic_write(out / "config_resolved.yaml", yaml.safe_dump(info["config"], sort_keys=False))
+        atomic_write_text(out / "config_resolved.yaml", yaml.safe_dump(info["config"], sort_keys=False))
     return out / "runinfo.json"
 
 

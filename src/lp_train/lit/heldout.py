@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import lightning as L
 import torch
+
+from lp_train.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +78,6 @@ def reenactment_l1(model: torch.nn.Module, pairs: dict[str, dict], batch_size: i
     return {"clips": clips, "groups": groups}
 
 
-def _write_json(path: Path, data) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
-
-
 class HeldOutReenactment(L.Callback):
     """Evaluates ``pl_module.eval_model()`` (or ``.model``) on held-out pairs at step 0, every ``every_n_steps`` and
     after the last step; see the module docstring."""
@@ -132,5 +125,5 @@ class HeldOutReenactment(L.Callback):
         summary = ", ".join(f"{k} {g['l1']:.4f} (copy {g['l1_copy_source']:.4f})" for k, g in result["groups"].items())
         log.info("held-out reenactment L1 at step %d: %s", step, summary)
         if self.out_file is not None:
-            self.out_file.parent.mkdir(parents=True, exist_ok=True)
-            _write_json(self.out_file, {"pairs": str(self.pairs_path), "history": self.history})
+            record = {"pairs": str(self.pairs_path), "history": self.history}
+            atomic_write_text(self.out_file, json.dumps(record, indent=1))
