@@ -1,7 +1,7 @@
 """GPU readiness check (``make gpu-check``): the real-size stage-1 paths on one CUDA device, in minutes.
 
 Sections, in this order (cheap and decisive first), each within the time left of ``--budget-min``; a section that
-no longer fits is recorded as skipped with the reason, and 150 s are kept for the learning check:
+no longer fits is recorded as skipped with the reason, and 100 s are kept for the learning check:
 
 1. **train**: stage-1 steps through Lightning exactly as ``lp-train experiment=stage1_paper trainer=gpu`` builds them
    (``conf/train.yaml`` composed by Hydra; synthetic pairs at 256² -> 512², random third-party weights, which cost
@@ -13,16 +13,18 @@ no longer fits is recorded as skipped with the reason, and 150 s are kept for th
    within ``BF16_RTOL``; host syncs in one training step (``torch.cuda.set_sync_debug_mode`` on a GPU, plus a
    device-independent recorder of Python-level tensor reads: ``.item()``, ``bool()``, ``float()``, ``.tolist()``)
    and in the loader's on-device batch finalisation.
-3. **distributed**: ``lp-train`` with ``trainer=ddp trainer.devices=1`` (NCCL) for a few steps; DeepSpeed ZeRO-2
-   (``trainer=deepspeed``, stage 2: Lightning's DeepSpeed strategy takes one optimiser) when deepspeed is installed.
-4. **animate**: per-frame latency of lp-animate's network path (``lp_train.animate.Animator``: M on the driving
-   crop, keypoints + stitching S, W, G -> uint8 frame), fp32 / fp16 / bf16 autocast, eager and with W and G
-   compiled, beside the paper's 12.8 ms (RTX 4090, fp16: W 5.21 + G 7.59 ms). With ``--official-repo`` (a
-   LivePortrait checkout) and ``--official-weights`` (its ``pretrained_weights/liveportrait`` folder) the official
-   W and G are timed on the same weights and inputs, and their outputs compared with ours. Nothing is downloaded.
-5. **train variants**: bf16 with ``module.channels_last``, with ``module.compile=[warping_module, spade_generator]``
+3. **train variants**: bf16 with ``module.channels_last``, with ``module.compile=[warping_module, spade_generator]``
    and with both (inductor compiles in the warm-up steps), and dynamo's recompiles after warm-up (frame counter and
    its recompile log with the failed guards).
+4. **distributed**: ``lp-train`` with ``trainer=ddp trainer.devices=1`` (NCCL) for a few steps; DeepSpeed ZeRO-2
+   (``trainer=deepspeed``, stage 2: Lightning's DeepSpeed strategy takes one optimiser) when deepspeed is installed.
+5. **animate**: per-frame latency of lp-animate's network path (``lp_train.animate.Animator``: M on the driving
+   crop, keypoints + stitching S, W, G -> uint8 frame), fp32 / fp16 / bf16 autocast, eager and with W and G
+   compiled, beside the paper's 12.8 ms (RTX 4090, fp16: W 5.21 + G 7.59 ms). With ``--official-repo`` (a
+   LivePortrait checkout: its ``src/modules`` and ``src/config/models.yaml``) the official W and G are timed on the
+   same inputs and weights as ours (``--official-weights``, the ``pretrained_weights/liveportrait`` folder, loaded
+   into both; without it our random weights written in the official layout) and their outputs compared with ours.
+   Nothing is downloaded.
 6. **learning**: ``python -m lp_train.learning_check`` with ``trainer=gpu`` for the time that is left (Lightning
    ``max_time``): held-out self-reenactment L1 against copy-the-source, on ``--faces`` (a faces folder, or one
    prepared on a CPU machine with ``learning_check ... --prepare-only``, which then needs no face detector here).
@@ -102,7 +104,7 @@ class Plan:
             return cls("cpu", "stage1_tiny", 64, "tiny", tuple(batches or (1, 2)), 1, 1, 1, "aot_eager", 0, 1,
                        ("--frames-per-clip", "8", "--every", "2"), ("trainer.max_steps=3", "data.batch_size=2"),
                        inject_oom_at if inject_oom_at is not None else max(batches or (1, 2)))  # fmt: skip
-        return cls("cuda", "stage1_paper", 256, "official", tuple(batches or (1, 4, 8, 16)), 8, 3, 5, "inductor", 6,
+        return cls("cuda", "stage1_paper", 256, "official", tuple(batches or (1, 4, 8, 16)), 8, 2, 3, "inductor", 6,
                    20, ("--frames-per-clip", "30", "--every", "250"),
                    ("trainer=gpu", "data.batch_size=16", "data.num_workers=4", "trainer.max_steps=1000000"),
                    inject_oom_at)  # fmt: skip
@@ -412,7 +414,7 @@ def train_variants(plan: Plan, budget: Budget, largest_bf16: int | None) -> dict
     """bf16 with channels_last, with W and G compiled, and both, at ``plan.single_batch`` (or the largest that fitted).
     On a GPU inductor compiles W and G (forward and backward) in the warm-up steps: about a minute or two a cell."""
     batch = min(plan.single_batch, largest_bf16 or plan.single_batch)
-    variants = {"bf16 channels_last": dict(channels_last=True), "bf16 compiled W,G": dict(compiled=True),
+    variants = {"bf16 compiled W,G": dict(compiled=True), "bf16 channels_last": dict(channels_last=True),
                 "bf16 compiled W,G + channels_last": dict(channels_last=True, compiled=True)}  # fmt: skip
     cells = {}
     for name, kw in variants.items():
@@ -910,16 +912,16 @@ def run_check(args: argparse.Namespace) -> dict:
     plan = Plan.for_device(args.dry_run, args.batches, args.inject_oom_at)
     if plan.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device (use --dry-run for the CPU rehearsal)")
-    budget = Budget(args.budget_min, reserve_s=150.0 if plan.device == "cuda" else 30.0)
+    budget = Budget(args.budget_min, reserve_s=100.0 if plan.device == "cuda" else 30.0)
     rec: dict[str, Any] = {"dry_run": args.dry_run, "budget_min": args.budget_min, "plan": dataclasses.asdict(plan),
                            "env": environment(plan)}  # fmt: skip
     # cheap and decisive first; the compiled cells (minutes of inductor) after them; the learning check gets the rest
     sections = [
         ("train", lambda: train_sweeps(plan, budget)),
         ("checks", lambda: checks_section(plan, budget)),
+        ("train_variants", lambda: train_variants(plan, budget, rec["train"]["largest_batch"]["bf16-mixed"])),
         ("distributed", lambda: distributed_section(plan, budget)),
         ("animate", lambda: animate_section(plan, budget, args.official_repo, args.official_weights)),
-        ("train_variants", lambda: train_variants(plan, budget, rec["train"]["largest_batch"]["bf16-mixed"])),
         ("learning", lambda: learning_section(plan, budget, args.faces, args.work_dir)),
     ]
     for name, fn in sections:
