@@ -19,6 +19,7 @@ from train_helpers import compose_train
 from bench.gpu_check import convolutions_in_fp32
 from lp_train.data.batch import collate_compact, finalize_batch
 from lp_train.data.synthetic import SyntheticPairs
+from lp_train.keypoints import MotionInfo, keypoints_from_motion, parse_motion, relative_motion
 from lp_train.lit.stage1 import Stage1Module, to_channels_last
 from lp_train.losses import discriminator_loss
 from lp_train.losses.priors import KeypointPriorLoss
@@ -55,7 +56,7 @@ def test_stage1_builds_and_steps_on_the_meta_device(tmp_path):
         module = _module(tmp_path)
     tensors = dict(module.named_parameters()) | dict(module.named_buffers())
     assert len(tensors) > 500 and [k for k, t in tensors.items() if not t.is_meta] == []
-    compact = {k: v.to("meta") if torch.is_tensor(v) else v for k, v in _compact_batch().items()}
+    compact = {k: v.to("meta") if torch.is_tensor(v) else v for k, v in _compact_batch(1).items()}
     batch = finalize_batch(compact)  # the loader's on-device step (homography warps, colour jitter, masks)
     results = _stage1_step(module, batch)
     assert len(results) >= 19 and all(v.is_meta for v in results.values())
@@ -110,7 +111,7 @@ def test_channels_last_converts_conv3d_weights_and_keeps_outputs(tmp_path):
         ), name
     with torch.no_grad():
         after = model(src, drv)["image"]
-    torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=0)  # other convolution kernels: float rounding only
 
 
 def test_channels_last_and_compile_options_are_checked(tmp_path):
@@ -134,3 +135,25 @@ def test_keypoint_prior_without_boolean_indexing_equals_the_pair_sum():
                           for b in range(3)])  # fmt: skip
     depth = (kp[:, :, 2].mean(1) - 0.33).abs()
     torch.testing.assert_close(loss(kp), (spread + depth).mean(), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_keypoint_math_runs_in_float32_under_autocast(dtype):
+    """Half-precision animation (autocast): relative motion and stitching inputs stay float32; the rotation product
+    of relative motion used to run in half precision and then failed in the float32 keypoint transform."""
+    g = torch.Generator().manual_seed(0)
+
+    def motion() -> MotionInfo:
+        raw = {"kp": torch.randn(2, 63, generator=g), "exp": torch.randn(2, 63, generator=g) * 0.05,
+               "t": torch.randn(2, 3, generator=g) * 0.1, "scale": 1 + torch.rand(2, 1, generator=g)}  # fmt: skip
+        raw |= {k: torch.randn(2, 66, generator=g) for k in ("pitch", "yaw", "roll")}
+        return parse_motion({k: v.to(dtype) for k, v in raw.items()})  # as M's heads return them under autocast
+
+    src, drv, drv0 = motion(), motion(), motion()
+    ref = relative_motion(src, drv, drv0)  # no autocast: half inputs stay half
+    assert ref.dtype == dtype
+    with torch.autocast("cpu", dtype=dtype):
+        src, drv, drv0 = motion(), motion(), motion()
+        x_d = relative_motion(src, drv, drv0)
+        x_s = keypoints_from_motion(src)
+    assert x_d.dtype == x_s.dtype == src.kp.dtype == torch.float32

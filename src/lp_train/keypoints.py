@@ -120,8 +120,10 @@ def transform_keypoints(
     """x = s · (x_c @ R + δ) + [t_x, t_y, 0]; kp_c and exp (B, K, 3), rot (B, 3, 3), scale (B, 1), t (B, 3)."""
     if kp_c.ndim != 3 or kp_c.shape[-1] != 3 or exp.shape != kp_c.shape:
         raise ValueError(f"kp_c and exp must both be (B, K, 3), got {tuple(kp_c.shape)} and {tuple(exp.shape)}")
-    with _autocast_off(kp_c):
-        x = (kp_c @ rot + exp) * scale.reshape(-1, 1, 1)
+    if _autocast_enabled(kp_c):  # mixed precision: the keypoint math in float32, whatever dtype the inputs have
+        with _autocast_off(kp_c):
+            return transform_keypoints(kp_c.float(), rot.float(), exp.float(), scale.float(), t.float())
+    x = (kp_c @ rot + exp) * scale.reshape(-1, 1, 1)
     shift = torch.cat([t[:, :2], torch.zeros_like(t[:, 2:3])], dim=1)  # t_z = 0
     return x + shift[:, None, :]
 
@@ -155,7 +157,8 @@ def relative_motion(src: MotionInfo, drv: MotionInfo, drv0: MotionInfo) -> torch
     R = (R_d R_d0ᵀ) R_s, δ = δ_s + δ_d - δ_d0, s = s_s · s_d / s_d0, t = t_s + t_d - t_d0 (t_z = 0).
     """
     r_d, r_d0 = drv.rotation, drv0.rotation
-    rot = (r_d @ r_d0.transpose(1, 2)) @ src.rotation
+    with _autocast_off(r_d):
+        rot = (r_d @ r_d0.transpose(1, 2)) @ src.rotation
     exp = src.exp + (drv.exp - drv0.exp)
     scale = src.scale * (drv.scale / drv0.scale)
     t = src.t + (drv.t - drv0.t)
