@@ -470,19 +470,21 @@ def _known_keys(site: str) -> list[str]:
 
 
 def finalisation_syncs(plan: Plan) -> dict:
-    """``finalize_batch`` (the loader's on-device step: homography warps, colour jitter, masks) on the device."""
+    """``finalize_batch`` (the loader's on-device step: homography warps, colour jitter, masks) on the device; the
+    CPU dry run uses the ``meta`` device, which takes the accelerator code path and fails on any data-dependent op."""
     from lp_train.data.batch import collate_compact, finalize_batch
     from lp_train.data.synthetic import SyntheticPairs
 
+    device = "cuda" if plan.device == "cuda" else "meta"
     data = SyntheticPairs(4, size=plan.size, seed=0, p_image=0.5)
     compact = collate_compact([data[i] for i in range(4)])
-    compact = {k: v.to(plan.device) if torch.is_tensor(v) else v for k, v in compact.items()}
+    compact = {k: v.to(device) if torch.is_tensor(v) else v for k, v in compact.items()}
     finalize_batch(compact)  # warm-up (cached constants, kernels)
-    sync_device(plan.device)
-    with cuda_sync_warnings(plan.device == "cuda") as cuda_found, SyncRecorder() as rec:
+    sync_device(device)
+    with cuda_sync_warnings(device == "cuda") as cuda_found, SyncRecorder() as rec:
         finalize_batch(compact)
-    sync_device(plan.device)
-    return {"status": "ok" if not rec.sites and not cuda_found else "fail", "sites": rec.sites,
+    sync_device(device)
+    return {"status": "ok" if not rec.sites and not cuda_found else "fail", "device": device, "sites": rec.sites,
             "cuda_sync_debug": cuda_found[:20]}  # fmt: skip
 
 
@@ -529,6 +531,8 @@ def _official(plan: Plan, budget: Budget, model, repo: Path | None, weights: Pat
 
     if repo is None:
         return skipped("no --official-repo given (a LivePortrait checkout; nothing is downloaded)")
+    if plan.model != "official":
+        return skipped(f"the official modules exist at the released size only (this run's model is {plan.model})")
     if not budget.allows(30.0):
         return skipped("time budget")
     if weights is not None:
@@ -779,27 +783,28 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     return lines
 
 
-def _train_rows(record: dict) -> list[list[Any]]:
+def _train_rows(record: dict, cells: dict) -> list[list[Any]]:
     rows = []
-    cells = [(f"eager {p}", r) for p, s in record["sweeps"].items() for r in s["rows"]]
-    cells += list(record["cells"].items())
-    for name, r in cells:
+    named = [(f"eager {p}", r) for p, s in record["sweeps"].items() for r in s["rows"]] + list(cells.items())
+    for name, r in named:
         status = r["status"] if r["status"] != "skipped" else f"skipped: {r['reason']}"
         if r["status"] == "oom":
             status = "OOM" + (" (injected)" if "injected" in r.get("error", "") else "")
+        elif r["status"] == "error":
+            status = f"error: {r.get('error', '')[:120]}"
         rows.append([name, r.get("batch"), status, r.get("step_s"), r.get("pairs_per_s"), r.get("peak_mem_gib"),
                      r.get("recompiles_after_warmup")])  # fmt: skip
     return rows
 
 
-def speedups(train: dict) -> list[str]:
+def speedups(train: dict, cells: dict) -> list[str]:
     """bf16 over fp32 and compiled / channels_last over eager bf16, at equal batch."""
     by = {}
     for p, s in train["sweeps"].items():
         for r in s["rows"]:
             if r["status"] == "ok":
                 by[(f"eager {p}", r["batch"])] = r["step_s"]
-    for name, r in train["cells"].items():
+    for name, r in cells.items():
         if r["status"] == "ok":
             by[(name, r["batch"])] = r["step_s"]
     out = []
@@ -811,26 +816,35 @@ def speedups(train: dict) -> list[str]:
     return out
 
 
-def render_markdown(rec: dict) -> str:
-    env = rec["env"]
-    lines = [f"# GPU check{' (DRY RUN on CPU: tiny sizes, not GPU numbers)' if rec['dry_run'] else ''}", "",
-             f"{env['device_name']}; torch {env['torch']} (CUDA {env['cuda']}), lightning {env['lightning']}; "
-             f"{env['date']}; {rec['seconds']:.0f} s of a {rec['budget_min']:g}-minute budget.", ""]  # fmt: skip
-    t = rec["train"]
-    lines += ["## Stage-1 training step", "", f"`lp-train experiment={rec['plan']['experiment']}` sizes "
-              f"({rec['plan']['size']}² -> {2 * rec['plan']['size']}²), synthetic pairs, random third-party weights. "
-              "Step time: synchronised, data loading excluded; pairs/s = generated images/s; memory = peak allocated.",
-              ""]  # fmt: skip
+def _variant_cells(rec: dict) -> dict:
+    cells = rec.get("train_variants") or {}
+    return {} if cells.get("status") == "error" else cells
+
+
+def _md_train(rec: dict) -> list[str]:
+    t, cells, plan = rec["train"], _variant_cells(rec), rec["plan"]
+    lines = [f"`lp-train experiment={plan['experiment']}` sizes ({plan['size']}² -> {2 * plan['size']}²), synthetic "
+             "pairs, random third-party weights. Step time: synchronised, data loading excluded; pairs/s = generated "
+             "images/s; memory = peak allocated.", ""]  # fmt: skip
     lines += table(["cell", "batch", "status", "step s", "pairs/s", "peak GiB", "recompiles after warm-up"],
-                   _train_rows(t))  # fmt: skip
-    lines += ["", "Largest batch that fitted: " + ", ".join(f"{p} {fmt(b)}" for p, b in t["largest_batch"].items()),
-              "", "Speed-ups:", *(speedups(t) or ["- (no pair of cells to compare)"]), ""]  # fmt: skip
-    c = rec["checks"]
-    lines += ["## Checks", ""]
+                   _train_rows(t, cells))  # fmt: skip
+    if (rec.get("train_variants") or {}).get("status") == "error":
+        lines += ["", f"train variants: error: {rec['train_variants']['error']}"]
+    largest = ", ".join(f"{p} {fmt(b)}" for p, b in t["largest_batch"].items())
+    return lines + ["", f"Largest batch that fitted: {largest}", "", "Speed-ups:",
+                    *(speedups(t, cells) or ["- (no pair of cells to compare)"])]  # fmt: skip
+
+
+def _md_checks(rec: dict) -> list[str]:
+    c, lines = rec["checks"], []
     bf = c["bf16_vs_fp32"]
     lines.append(f"- bf16 vs fp32 generator loss at step 0: {bf['status']}"
                  + (f" (relative difference {bf['rel_diff']:.2e}, tolerance {bf['tolerance']})" if "rel_diff" in bf
                     else f" ({bf.get('reason', '')})"))  # fmt: skip
+    worst = sorted(bf.get("terms", {}).items(), key=lambda kv: -kv[1]["rel"])[:3]
+    if worst:
+        lines.append("  (random-init networks; largest per-term differences: "
+                     + ", ".join(f"{k} {v['rel']:.2g}" for k, v in worst) + ")")  # fmt: skip
     s = c["training_step_syncs"]
     lines.append(
         f"- host syncs in one bf16 training step: {s['status']}"
@@ -843,25 +857,28 @@ def render_markdown(rec: dict) -> str:
     f = c["batch_finalisation_syncs"]
     lines.append(f"- host syncs in the on-device batch finalisation: {f['status']} ({len(f['sites'])} site(s), "
                  f"{len(f['cuda_sync_debug'])} CUDA report(s))")  # fmt: skip
-    recompiles = [(n, r.get("recompiles_after_warmup"), r.get("recompile_messages", []))
-                  for n, r in t["cells"].items() if r.get("compiled") and r["status"] == "ok"]  # fmt: skip
-    for name, n, msgs in recompiles:
-        lines.append(f"- recompiles after warm-up, {name}: {n}" + ("" if not n else f" ({msgs[:1]})"))
-    lines.append("")
+    for name, r in _variant_cells(rec).items():
+        if r.get("compiled") and r["status"] == "ok":
+            n, msgs = r.get("recompiles_after_warmup"), r.get("recompile_messages", [])
+            lines.append(f"- recompiles after warm-up, {name}: {n}" + ("" if not n else f" ({msgs[:1]})"))
+    return lines
+
+
+def _md_animate(rec: dict) -> list[str]:
     a = rec["animate"]
-    lines += ["## Animation per frame (batch 1)", "",
-              f"lp-animate's network path on `model={a['model']}`: M on the driving crop, keypoints + stitching S, "
-              "W, G -> uint8 frame. Paper (RTX 4090, fp16): W 5.21 ms + G 7.59 ms = 12.8 ms.", ""]  # fmt: skip
-    arows = []
+    lines = [f"lp-animate's network path on `model={a['model']}`: M on the driving crop, keypoints + stitching S, "
+             "W, G -> uint8 frame. Paper (RTX 4090, fp16): W 5.21 ms + G 7.59 ms = 12.8 ms.", ""]  # fmt: skip
+    rows = []
     for r in a["rows"]:
+        compiled = "W, G" if r.get("compiled") else "no"
         if r["status"] != "ok":
-            arows.append([r.get("dtype"), bool(r.get("compiled")), f"skipped: {r['reason']}", None, None, None, None])
+            rows.append([r.get("dtype"), compiled, f"{r['status']}: {r.get('reason') or r.get('error')}"] + [None] * 6)
             continue
         ms = r["ms"]
-        arows.append([r["dtype"], "W, G" if r["compiled"] else "no", ms["M"], ms["keypoints + S"], ms["W"], ms["G"],
-                      ms["frame"], r["w_plus_g_ms"], r["fps"]])  # fmt: skip
+        rows.append([r["dtype"], compiled, ms["M"], ms["keypoints + S"], ms["W"], ms["G"], ms["frame"],
+                     r["w_plus_g_ms"], r["fps"]])  # fmt: skip
     lines += table(["dtype", "compiled", "M ms", "kp + S ms", "W ms", "G ms", "frame ms", "W + G ms (paper 12.8)",
-                    "frames/s"], arows)  # fmt: skip
+                    "frames/s"], rows)  # fmt: skip
     o = a["official"]
     if o["status"] == "ok":
         lines += ["", f"Official W and G, same inputs and weights ({o['weights']}; {o['dtype']}):", ""]
@@ -871,9 +888,12 @@ def render_markdown(rec: dict) -> str:
         )
     else:
         lines += ["", f"Official modules: {o['status']} ({o.get('reason') or o.get('error')})"]
-    d = rec["distributed"]
-    lines += ["", "## Distributed", ""]
-    for name, r in d.items():
+    return lines
+
+
+def _md_distributed(rec: dict) -> list[str]:
+    lines = []
+    for name, r in rec["distributed"].items():
         if r["status"] == "ok":
             steady = r["step_s"][1:] or r["step_s"]
             lines.append(f"- {name}: ok, backend {r['backend']}, {r['strategy']}, {r['precision']}, "
@@ -881,17 +901,42 @@ def render_markdown(rec: dict) -> str:
                          f"`{r['command']}`")  # fmt: skip
         else:
             lines.append(f"- {name}: {r['status']}: {r.get('reason') or r.get('error', '')[-300:]}")
+    return lines
+
+
+def _md_learning(rec: dict) -> list[str]:
     lr = rec["learning"]
-    lines += ["", "## Learning check (held-out self-reenactment L1)", ""]
-    if lr["status"] == "ok":
-        lines += [f"{lr['steps']} steps in {lr['fit_budget_s']} s of training on {lr['faces']}.", ""]
-        lines += table(
-            ["group", "pairs", "model L1", "copy-the-source L1", "ratio"],
-            [[k, g["pairs"], g["l1"], g["l1_copy_source"], g["ratio"]] for k, g in lr["groups"].items()],
-        )
-    else:
-        lines.append(f"{lr['status']}: {lr.get('reason') or lr.get('error')}")
-    return "\n".join(lines) + "\n"
+    if lr["status"] != "ok":
+        return [f"{lr['status']}: {lr.get('reason') or lr.get('error')}"]
+    return [f"{lr['steps']} steps in {lr['fit_budget_s']} s of training on {lr['faces']}.", ""] + table(
+        ["group", "pairs", "model L1", "copy-the-source L1", "ratio"],
+        [[k, g["pairs"], g["l1"], g["l1_copy_source"], g["ratio"]] for k, g in lr["groups"].items()],
+    )
+
+
+MD_SECTIONS = (("Stage-1 training step", "train", _md_train), ("Checks", "checks", _md_checks),
+               ("Animation per frame (batch 1)", "animate", _md_animate),
+               ("Distributed", "distributed", _md_distributed),
+               ("Learning check (held-out self-reenactment L1)", "learning", _md_learning))  # fmt: skip
+
+
+def render_markdown(rec: dict) -> str:
+    """gpu_check.md: one part per section; a section that has not run (yet) or failed says so."""
+    env = rec["env"]
+    lines = [f"# GPU check{' (DRY RUN on CPU: tiny sizes, not GPU numbers)' if rec['dry_run'] else ''}", "",
+             f"{env['device_name']}; torch {env['torch']} (CUDA {env['cuda']}), lightning {env['lightning']}; "
+             f"{env['date']}; {rec.get('seconds', 0):.0f} s of a {rec['budget_min']:g}-minute budget.", ""]  # fmt: skip
+    for title, key, render in MD_SECTIONS:
+        section = rec.get(key)
+        lines += [f"## {title}", ""]
+        if section is None:
+            lines.append("(not run)")
+        elif section.get("status") == "error":
+            lines.append(f"error: {section['error']}")
+        else:
+            lines += render(rec)
+        lines.append("")
+    return "\n".join(lines)
 
 
 def environment(plan: Plan) -> dict:
@@ -907,6 +952,10 @@ def environment(plan: Plan) -> dict:
     }  # fmt: skip
 
 
+def _largest_bf16(rec: dict) -> int | None:
+    return rec["train"].get("largest_batch", {}).get("bf16-mixed")
+
+
 def run_check(args: argparse.Namespace) -> dict:
     """Every section in order; returns the record written to gpu_check.json."""
     plan = Plan.for_device(args.dry_run, args.batches, args.inject_oom_at)
@@ -919,7 +968,7 @@ def run_check(args: argparse.Namespace) -> dict:
     sections = [
         ("train", lambda: train_sweeps(plan, budget)),
         ("checks", lambda: checks_section(plan, budget)),
-        ("train_variants", lambda: train_variants(plan, budget, rec["train"]["largest_batch"]["bf16-mixed"])),
+        ("train_variants", lambda: train_variants(plan, budget, _largest_bf16(rec))),
         ("distributed", lambda: distributed_section(plan, budget)),
         ("animate", lambda: animate_section(plan, budget, args.official_repo, args.official_weights)),
         ("learning", lambda: learning_section(plan, budget, args.faces, args.work_dir)),
@@ -927,10 +976,12 @@ def run_check(args: argparse.Namespace) -> dict:
     for name, fn in sections:
         t0 = time.perf_counter()
         log.info("gpu_check: %s (%.0f s left)", name, budget.left())
-        if name == "train_variants":
-            rec["train"]["cells"] = fn()
-        else:
+        try:
             rec[name] = fn()
+        except Exception as e:  # noqa: BLE001 - one broken section must not lose the others' results
+            log.exception("gpu_check: section %s failed", name)
+            rec[name] = {"status": "error", "error": f"{type(e).__name__}: {str(e)[:500]}",
+                         "traceback": traceback.format_exc()[-3000:]}  # fmt: skip
         rec.setdefault("section_s", {})[name] = round(time.perf_counter() - t0, 1)
         write_results(rec, args.out, budget)  # partial results survive a kill
     return rec
@@ -942,8 +993,7 @@ def write_results(rec: dict, out: Path, budget: Budget) -> None:
     rec["seconds"] = round(budget.elapsed(), 1)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "gpu_check.json", json.dumps(rec, indent=1, default=str))
-    if all(k in rec for k in ("train", "checks", "animate", "distributed", "learning")) and "cells" in rec["train"]:
-        atomic_write_text(out / "gpu_check.md", render_markdown(rec))
+    atomic_write_text(out / "gpu_check.md", render_markdown(rec))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -109,7 +109,8 @@ def _record() -> dict:
     return {
         "dry_run": False, "budget_min": 8.0, "seconds": 400.0, "plan": {"experiment": "stage1_paper", "size": 256},
         "env": {"device_name": "GPU", "torch": "2.x", "cuda": "13.0", "lightning": "2.6", "date": "today"},
-        "train": {"sweeps": sweeps, "cells": cells, "largest_batch": {"32-true": 4, "bf16-mixed": 4}},
+        "train": {"sweeps": sweeps, "largest_batch": {"32-true": 4, "bf16-mixed": 4}},
+        "train_variants": cells,
         "checks": {
             "bf16_vs_fp32": {"status": "ok", "rel_diff": 0.004, "tolerance": 0.05},
             "training_step_syncs": {"status": "ok", "per_step": 4, "sites": {guard: 4}, "unexpected": {}},
@@ -136,6 +137,10 @@ def test_markdown_report_has_every_table_and_the_paper_reference():
     assert "(known: non-finite guard)" in md
     assert "- ddp: ok, backend nccl" in md and "- deepspeed: skipped: deepspeed is not installed" in md
     assert "| all | 10 | 0.05 | 0.08 | 0.625 |" in md
+    broken = {**_record(), "animate": {"status": "error", "error": "RuntimeError: boom"}}
+    broken.pop("learning")
+    md = gc.render_markdown(broken)  # a failed or missing section does not stop the report
+    assert "## Animation per frame (batch 1)\n\nerror: RuntimeError: boom" in md and "(not run)" in md
 
 
 @pytest.mark.slow
@@ -151,7 +156,7 @@ def test_dry_run_runs_every_section_on_the_cpu(tmp_path, monkeypatch):
     for precision, sweep in rec["train"]["sweeps"].items():  # batches 1, 2; OOM injected at 2
         assert [r["status"] for r in sweep["rows"]] == ["ok", "oom"], precision
         assert sweep["max_batch"] == 1 and sweep["rows"][0]["step_s"] > 0
-    for name, cell in rec["train"]["cells"].items():
+    for name, cell in rec["train_variants"].items():
         assert cell["status"] == "ok", (name, cell)
         if cell["compiled"]:
             assert cell["recompiles_after_warmup"] == 0, cell["recompile_messages"]
