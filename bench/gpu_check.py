@@ -549,6 +549,7 @@ def _time_frame(plan: Plan, animator, src, drv, name: str, dtype, compiled: bool
         d_info = animator.motion(drv)
         x_d = animator.keypoints(s_info, x_s, d_info, d_info)
         warped = animator.warp(f_s, x_s, x_d)
+        animator.generate(warped)  # every network has run once in this mode (compiled ones are compiled) before timing
         stages = {"M": lambda: animator.motion(drv),
                   "keypoints + S": lambda: animator.keypoints(s_info, x_s, d_info, d_info),
                   "W": lambda: animator.warp(f_s, x_s, x_d), "G": lambda: animator.generate(warped)}  # fmt: skip
@@ -747,7 +748,7 @@ def learning_section(plan: Plan, budget: Budget, faces: Path | None, work_dir: P
     from lp_train.learning_check import main as learning_check
 
     out_dir = faces if prepared else work_dir / "learning"
-    source = ["--faces", str(faces)] if faces is not None else ["--synthetic"]
+    source = ["--faces", str(faces)] if faces is not None else ["--synthetic", "--unseen", "synthetic-3"]
     opts, overrides = list(plan.learning_opts), list(plan.learning_overrides)
     t0 = time.perf_counter()
     try:

@@ -131,8 +131,8 @@ def test_keypoint_prior_without_boolean_indexing_equals_the_pair_sum():
     kp = torch.rand(3, 5, 3) * 0.6 - 0.3
     loss = KeypointPriorLoss(distance_threshold=0.1, depth_target=0.33)
     d2 = (kp[:, :, None] - kp[:, None]).pow(2).sum(-1)
-    spread = torch.stack([sum(max(0.0, 0.1 - d2[b, i, j].item()) for i in range(5) for j in range(5) if i != j)
-                          for b in range(3)])  # fmt: skip
+    spread = torch.tensor([sum(max(0.0, 0.1 - d2[b, i, j].item()) for i in range(5) for j in range(5) if i != j)
+                           for b in range(3)])  # fmt: skip
     depth = (kp[:, :, 2].mean(1) - 0.33).abs()
     torch.testing.assert_close(loss(kp), (spread + depth).mean(), atol=1e-6, rtol=1e-6)
 

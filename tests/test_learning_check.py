@@ -125,6 +125,6 @@ def test_prepare_only_writes_the_data_and_prepared_requires_it(tmp_path):
     """Prepare on one machine (face detection), train on another: ``--prepare-only`` then ``--prepared``."""
     with pytest.raises(SystemExit, match="run --prepare-only first"):
         main([str(tmp_path / "empty"), "--prepared"])
-    out = main([str(tmp_path), "--synthetic", "--frames-per-clip", "8", "--prepare-only"])
+    out = main([str(tmp_path), "--synthetic", "--unseen", "synthetic-3", "--frames-per-clip", "8", "--prepare-only"])
     assert out["pairs"].is_file() and sorted(p.name for p in out["shards"].glob("val-*.tar"))
     assert not (tmp_path / "run").exists()  # nothing trained
