@@ -756,7 +756,7 @@ def learning_section(plan: Plan, budget: Budget, faces: Path | None, work_dir: P
             learning_check([str(out_dir), *source, *opts, "--prepare-only"])
         fit_s = int(budget.left() - reserve)
         args = [str(out_dir), "--prepared", *opts, *overrides, "~logger.wandb",
-                f"+trainer.max_time=00:00:{fit_s // 60:02d}:{fit_s % 60:02d}"]  # fmt: skip
+                f"+trainer.max_time=00:{fit_s // 3600:02d}:{fit_s % 3600 // 60:02d}:{fit_s % 60:02d}"]  # fmt: skip
         learning_check(args)
     except (Exception, SystemExit) as e:  # noqa: BLE001 - recorded, the report still gets written
         log.exception("learning check failed")
