@@ -39,7 +39,7 @@ slow test ``tests/test_gpu_check.py`` runs it, so this script cannot rot between
 GPU numbers.
 
     python -m bench.gpu_check --budget-min 8 --faces /data/faces        # on a GPU node (make gpu-check)
-    python -m bench.gpu_check --dry-run                                  # CPU, ~2 minutes
+    python -m bench.gpu_check --dry-run                                  # CPU rehearsal (tiny sizes)
 """
 
 from __future__ import annotations
