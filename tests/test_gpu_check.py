@@ -149,7 +149,7 @@ def test_dry_run_runs_every_section_on_the_cpu(tmp_path, monkeypatch):
     compiled cells count no recompiles after warm-up, the learning check trains, both files are written."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
-    rec = gc.main(["--dry-run", "--budget-min", "15", "--out", str(tmp_path), "--work-dir", str(tmp_path / "w")])
+    rec = gc.main(["--dry-run", "--budget-min", "60", "--out", str(tmp_path), "--work-dir", str(tmp_path / "w")])
     saved = json.loads((tmp_path / "gpu_check.json").read_text())
     sections = {"train", "checks", "distributed", "animate", "train_variants", "learning"}
     assert saved["dry_run"] is True and set(saved["section_s"]) == sections
