@@ -217,16 +217,28 @@ def test_cluster_config_tests_pass_without_slurm_on_path(tmp_path: Path) -> None
     """A fresh machine has no ``srun``/``sbatch``: this file's tests must pass there too (they once passed only where
     an earlier ``make test-slurm`` had installed SLURM). Runs them in a subprocess with every SLURM binary's folder
     removed from PATH."""
-    slurm_bins = ("srun", "sbatch", "scontrol", "squeue", "salloc")
-    path = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and not any(
-        (Path(d) / b).exists() for b in slurm_bins)]  # fmt: skip
-    path = [str(Path(sys.executable).parent), *path]
+    slurm_bins = {"srun", "sbatch", "scontrol", "squeue", "salloc", "scancel", "sinfo"}
+    path = [str(Path(sys.executable).parent)]
+    for i, d in enumerate(os.environ.get("PATH", "").split(os.pathsep)):
+        if not d or not Path(d).is_dir():
+            continue
+        if not any((Path(d) / b).exists() for b in slurm_bins):
+            path.append(d)
+            continue
+        # a folder that also holds bash, python, ffmpeg (e.g. /usr/bin): the same tools, SLURM's left out
+        shadow = tmp_path / f"bin{i}"
+        shadow.mkdir()
+        for tool in Path(d).iterdir():
+            if tool.name not in slurm_bins:
+                (shadow / tool.name).symlink_to(tool)
+        path.append(str(shadow))
     env = {**os.environ, "PATH": os.pathsep.join(path)}
     assert subprocess.run(["bash", "-c", "command -v srun sbatch"], env=env, capture_output=True).returncode != 0
+    (tmp_path / "run").mkdir()
     res = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
          "-k", "not without_slurm_on_path", "-m", "not slurm"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env=env, cwd=tmp_path / "run", capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     assert " passed" in res.stdout and "skipped" not in res.stdout.splitlines()[-1], res.stdout[-2000:]
