@@ -3,7 +3,8 @@
 This is LivePortrait's (Guo et al. 2024, Sec. 4.1) per-video curation: one tracked face per clip, the LivePortrait
 crop stored at 512², quality filters, clips of at most ``MAX_CHUNK_FRAMES`` per sample. ``process_input`` never
 raises for a bad input: it returns a record with a ``status`` (``ok`` | ``empty`` | ``skipped`` | ``error``), a
-``reason`` and the drop counts by reason, and streams its samples into a temporary pickle file that the writer
+``reason`` (also set on an ``ok`` input that lost frames to ``decode_errors``) and the drop counts by reason, and
+streams its samples into a temporary pickle file that the writer
 appends to the shards in input order (``data_prep.writer``).
 """
 
@@ -84,6 +85,7 @@ class _Result:
         self.samples = 0
         self.notes: dict = {}
         self.timings: Counter = Counter()
+        self.cut: tuple[str, str] | None = None  # (reason, detail) when part of a kept input was dropped
 
     def discard(self, reason: str) -> None:
         """The whole input is dropped: every decoded frame counts as dropped for ``reason``."""
@@ -135,8 +137,9 @@ def process_input(item: InputItem, cfg: ProcessConfig, work_dir: str) -> tuple[d
     if res.samples == 0:
         _remove(path)
         reason = res.drop_frames.most_common(1)[0][0] if res.drop_frames else "no_frames"
-        return _finish(res, t0, "empty", reason, "no clip passed the filters"), None
-    return _finish(res, t0, "ok"), path
+        detail = res.cut[1] if res.cut and res.cut[0] == reason else "no clip passed the filters"
+        return _finish(res, t0, "empty", reason, detail), None
+    return _finish(res, t0, "ok", *(res.cut or (None, ""))), path
 
 
 def crash_record(item: InputItem) -> tuple[dict, None]:
@@ -170,7 +173,10 @@ def _pick(faces: list[Face], prev_box: np.ndarray | None) -> Face | None:
 
 def _process_video(item: InputItem, info: MediaInfo, cfg: ProcessConfig, res: _Result, out) -> None:
     dc, fc = cfg.decode, cfg.filters
-    reader = VideoReader(item.path, info, dc.get("fps"), dc.get("max_side"), dc.get("max_frames"))
+    on_error = dc.get("on_error", "cut")
+    reader = VideoReader(
+        item.path, info, dc.get("fps"), dc.get("max_side"), dc.get("max_frames"), stop_at_error=on_error != "keep"
+    )
     det = _detector("video", cfg.detector)
     det.reset()
     ident = _identity_encoder(fc)
@@ -210,8 +216,32 @@ def _process_video(item: InputItem, info: MediaInfo, cfg: ProcessConfig, res: _R
     _finish_clip(builder.end(), item, info, reader.fps, cfg, res, out)
     res.timings.update({k: res.timings[k] + v for k, v in builder.timings.items()})
     reader.check(dc.get("min_decoded_fraction", 0.9))
+    _decode_errors(reader, on_error, res)
     res.notes["decode_fps"] = reader.fps
     res.notes["decode_size"] = [reader.width, reader.height]
+
+
+def _decode_errors(reader: VideoReader, on_error: str, res: _Result) -> None:
+    """Record the decoder's errors; frames decoded after the first one are dropped (``cut``) or the input is."""
+    if not reader.error_count:
+        return
+    res.notes["decode_errors"] = reader.error_count
+    res.notes["decode_error_lines"] = reader.errors[:3]
+    first = reader.errors[0][:200]
+    if reader.corrupt_from is None:  # errors only after the last frame (e.g. trailing garbage): no frame affected
+        return
+    res.notes["corrupt_from_frame"] = reader.corrupt_from
+    res.frames = reader.frames_read
+    untrusted = reader.frames_read - reader.corrupt_from
+    detail = (
+        f"{reader.error_count} decoder errors; frames {reader.corrupt_from}-{reader.frames_read - 1} "
+        f"({untrusted} of {reader.frames_read}) decoded after the first one; first: {first}"
+    )
+    if on_error == "drop":
+        raise Skip("decode_errors", detail)
+    if on_error == "cut":
+        res.drop_frames["decode_errors"] += untrusted
+        res.cut = ("decode_errors", detail)
 
 
 def _process_image(item: InputItem, info: MediaInfo, cfg: ProcessConfig, res: _Result, out) -> None:

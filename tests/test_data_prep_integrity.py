@@ -1,0 +1,160 @@
+"""Curation does not turn damaged inputs into training data silently: frames decoded after a decoder error are
+dropped and counted with their own reason in the report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from data_prep_fixtures import make_cfg, read_shard, write_face_clip
+
+from data_prep.cli import execute
+from data_prep.decode import VideoReader
+from data_prep.filters import FilterConfig
+from data_prep.inputs import discover
+from data_prep.probe import probe_video
+from data_prep.process import ProcessConfig, process_input, read_samples
+from data_prep.shard_format import SampleMeta
+
+
+
+def bit_rot(src: Path, dst: Path, fraction: float = 0.2) -> Path:
+    """A copy of ``src`` whose middle ``fraction`` of bytes is overwritten with (seeded) random bytes."""
+    data = bytearray(src.read_bytes())
+    a, b = int(len(data) * (0.5 - fraction / 2)), int(len(data) * (0.5 + fraction / 2))
+    data[a:b] = np.random.default_rng(0).integers(0, 256, b - a, dtype=np.uint8).tobytes()
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def decode_all(path: Path, stop_at_error: bool = True, fps: float | None = None) -> tuple[list, VideoReader]:
+    reader = VideoReader(str(path), probe_video(str(path)), fps=fps, stop_at_error=stop_at_error)
+    return list(reader), reader
+
+
+def first_garbled(clean: Path, rot: Path, fps: float | None = None) -> int:
+    """Index of the first frame of ``rot`` that decodes differently from ``clean`` (every frame decoded)."""
+    a, _ = decode_all(clean, False, fps)
+    b, _ = decode_all(rot, False, fps)
+    assert len(a) == len(b)
+    return next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if not np.array_equal(x, y))
+
+
+def sample_metas(samples_path: str | None) -> list[SampleMeta]:
+    return [] if samples_path is None else [SampleMeta.from_json(s["json"]) for s in read_samples(samples_path)]
+
+
+FAST = {"min_clip_frames": 4, "min_clip_seconds": 0.0, "identity": False}
+
+
+# --- decode integrity -----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def synthetic_rot(tmp_path_factory) -> tuple[Path, Path]:
+    """(clean, bit-rot copy) of a 40-frame synthetic face clip encoded by ffmpeg (no ../shared needed)."""
+    d = tmp_path_factory.mktemp("rot")
+    clean = write_face_clip(d / "clean.mp4", n=40, fps=10)
+    return clean, bit_rot(clean, d / "rot.mp4")
+
+
+def test_reader_yields_no_frame_decoded_after_an_error(synthetic_rot):
+    clean, rot = synthetic_rot
+    reference, _ = decode_all(clean)
+    frames, reader = decode_all(rot)
+    assert 0 < len(frames) < len(reference) == 40  # the garbled frames are held back ...
+    for got, want in zip(frames, reference, strict=False):  # ... what is yielded is exactly the clean clip's start
+        np.testing.assert_array_equal(got, want)
+    assert reader.frames_read == 40 and reader.error_count > 0 and reader.corrupt_from == len(frames)
+    # what is held back is garbage: concealment errors of 10+ grey levels on average
+    garbled, _ = decode_all(rot, stop_at_error=False)
+    diffs = [np.abs(a.astype(int) - b).mean() for a, b in zip(garbled, reference, strict=True)]
+    assert max(diffs[: reader.corrupt_from]) == 0 and np.median(diffs[reader.corrupt_from :]) > 10
+    assert all(" @ 0x" not in e for e in reader.errors)  # pointers stripped: records are reproducible
+
+
+@pytest.fixture(scope="module")
+def rot_curated(synthetic_rot, tmp_path_factory) -> tuple[dict, list[SampleMeta], dict]:
+    """The bit-rot clip curated (tiny filters) and merged: (its journal record, its samples' metadata, report)."""
+    _, rot = synthetic_rot
+    root = tmp_path_factory.mktemp("rot_curated")
+    (root / "raw").mkdir()
+    shutil.copy(rot, root / "raw" / "rot.mp4")
+    cfg = make_cfg(root / "out", "data_prep/filters=tiny", paths=[root / "raw"])
+    execute(cfg)
+    cfg.mode = "merge"
+    report = execute(cfg)
+    (rec,) = [r for line in (root / "out" / "journal" / "faces.jsonl").read_text().splitlines()
+              for r in json.loads(line).get("inputs", [])]  # fmt: skip
+    metas = []
+    for shard in sorted((root / "out" / "shards").glob("*.tar")):
+        metas += [SampleMeta.from_json(s["json"]) for s in read_shard(shard).values()]
+    return rec, metas, report
+
+
+def test_bitrot_clip_keeps_only_frames_before_the_first_error(synthetic_rot, rot_curated):
+    rec, metas, _ = rot_curated
+    kept = [i for m in metas for i in m.frame_indices]
+    assert kept and max(kept) < first_garbled(*synthetic_rot)  # no garbled frame in the shards
+    assert (rec["status"], rec["reason"]) == ("ok", "decode_errors"), rec["detail"]
+    _, reader = decode_all(synthetic_rot[1])
+    cut = reader.corrupt_from
+    assert rec["notes"]["decode_errors"] == reader.error_count and rec["notes"]["corrupt_from_frame"] == cut
+    assert rec["frames_decoded"] == 40 and rec["drop_frames"]["decode_errors"] == 40 - cut
+    assert max(kept) < cut and rec["frames_kept"] == len(kept)
+
+
+def test_report_counts_decode_errors(synthetic_rot, rot_curated):
+    _, reader = decode_all(synthetic_rot[1])
+    report = rot_curated[2]
+    assert report["decode_errors"] == {
+        "inputs": 1, "error_lines": reader.error_count, "frames_dropped": 40 - reader.corrupt_from,
+    }  # fmt: skip
+    assert report["input_reasons"] == {"decode_errors": 1} and report["inputs_by_status"] == {"ok": 1}
+    assert [(s["status"], s["reason"]) for s in report["skipped"]] == [("ok", "decode_errors")]
+
+
+def test_on_error_drop_skips_the_input(synthetic_rot, tmp_path):
+    item = discover([str(synthetic_rot[1])])[0]
+    cfg = ProcessConfig(decode={"on_error": "drop"}, filters=FilterConfig(**FAST))
+    rec, samples = process_input(item, cfg, str(tmp_path))
+    assert (rec["status"], rec["reason"], rec["samples"], samples) == ("skipped", "decode_errors", 0, None)
+    assert rec["drop_frames"] == {"decode_errors": rec["frames_decoded"]} and rec["notes"]["decode_errors"] > 0
+
+
+def test_real_bitrot_clip_is_not_curated_with_garbled_frames(lp_data_faces_dir, tmp_path):
+    """A real talking-head clip with 20% of its middle bytes overwritten (ffmpeg logs ~180 error lines)."""
+    clean = lp_data_faces_dir / "videos" / "d12.mp4"
+    rot = bit_rot(clean, tmp_path / "d12_rot.mp4")
+    item = discover([str(rot)])[0]
+    cfg = ProcessConfig(decode={"fps": 5}, filters=FilterConfig(**FAST))  # 5 fps: 37 frames to detect
+    rec, samples = process_input(item, cfg, str(tmp_path))
+    kept = [i for m in sample_metas(samples) for i in m.frame_indices]
+    assert kept and max(kept) < first_garbled(clean, rot, fps=5)  # no garbled frame in the samples
+    assert (rec["status"], rec["reason"]) == ("ok", "decode_errors") and rec["notes"]["decode_errors"] > 50
+    assert rec["drop_frames"]["decode_errors"] == rec["frames_decoded"] - rec["notes"]["corrupt_from_frame"]
+    # at the source rate: every frame before the first error is the clean clip's, bit for bit
+    frames, reader = decode_all(rot)
+    reference, _ = decode_all(clean)
+    assert 0 < reader.corrupt_from == len(frames) < reader.frames_read == len(reference)
+    assert all(np.array_equal(a, b) for a, b in zip(frames, reference, strict=False))
+
+
+def test_clean_clip_with_warnings_is_kept_whole(tmp_path):
+    """Full-range (yuvj420p) H.264 makes swscale warn on every decode; warnings are not errors."""
+    src = write_face_clip(tmp_path / "src.mp4", n=12, fps=10)
+    clip = tmp_path / "fullrange.mp4"
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(src), "-c:v", "libx264", "-pix_fmt", "yuvj420p"]
+    subprocess.run([*cmd, str(clip)], check=True)
+    log = subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "warning", "-i", str(clip), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+        capture_output=True,
+    ).stderr.decode()
+    assert log.strip(), "expected ffmpeg warnings for a yuvj420p clip"
+    rec, _ = process_input(discover([str(clip)])[0], ProcessConfig(filters=FilterConfig(**FAST)), str(tmp_path))
+    assert (rec["status"], rec["reason"], rec["frames_kept"]) == ("ok", None, 12)
+    assert "decode_errors" not in rec["notes"]
+    frames, reader = decode_all(clip)
+    assert len(frames) == reader.frames_read == 12 and reader.error_count == 0 and reader.corrupt_from is None
