@@ -18,11 +18,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from data_prep.clips import Clip, ClipBuilder, CropConfig, SceneCutDetector, chunk_bounds
 from data_prep.decode import VideoReader, load_image
-from data_prep.filters import FilterConfig, IdentityEncoder, frame_check, identity_consistent
+from data_prep.filters import FilterConfig, HumanFaceCheck, IdentityEncoder, frame_check, identity_consistent
 from data_prep.inputs import InputItem
 from data_prep.probe import MediaInfo, Skip, probe
 from data_prep.shard_format import MAX_CHUNK_FRAMES, SampleMeta, encode_sample_jpegs, sample_key
@@ -44,6 +45,7 @@ class ProcessConfig:
 
 _DETECTORS: dict[str, FaceDetector] = {}  # per worker process
 _IDENTITY: list = []
+_HUMAN: list = []
 
 
 def _detector(kind: str, kwargs: dict) -> FaceDetector:
@@ -62,6 +64,18 @@ def _identity_encoder(cfg: FilterConfig) -> IdentityEncoder | None:
             log.warning("identity filter off: install dlib-bin and face_recognition_models to enable it")
             _IDENTITY.append(None)
     return _IDENTITY[0]
+
+
+def _human_check(cfg: FilterConfig, dataset: str) -> HumanFaceCheck | None:
+    if not cfg.human_face or dataset in cfg.human_face_except:
+        return None
+    if not _HUMAN:
+        if HumanFaceCheck.available():
+            _HUMAN.append(HumanFaceCheck())
+        else:
+            log.warning("human_face filter off: install dlib-bin and face_recognition_models to enable it")
+            _HUMAN.append(None)
+    return _HUMAN[0]
 
 
 def close_detectors() -> None:
@@ -269,16 +283,35 @@ def _process_image(item: InputItem, info: MediaInfo, cfg: ProcessConfig, res: _R
     res.timings.update({k: res.timings[k] + v for k, v in builder.timings.items()})
 
 
-def _clip_drop_reason(clip: Clip, fps: float, cfg: ProcessConfig) -> str | None:
+def _clip_drop_reason(clip: Clip, item: InputItem, fps: float, cfg: ProcessConfig, res: _Result) -> str | None:
     fc = cfg.filters
     n = len(clip.frames)
     if fps > 0 and n < max(fc.min_clip_frames, math.ceil(fc.min_clip_seconds * fps)):
         return "too_short"
     if float(np.median([f.sharpness for f in clip.frames])) < fc.min_sharpness:
         return "blurry"
+    if not _is_human(clip, item, fps, fc, res):
+        return "not_human"
     if clip.descriptors and not identity_consistent(clip.descriptors, fc.identity_threshold)[0]:
         return "identity_change"
     return None
+
+
+def _is_human(clip: Clip, item: InputItem, fps: float, fc: FilterConfig, res: _Result) -> bool:
+    """dlib confirms the face on at least half of the clip's checked frames (its first and one per
+    ``human_every_s``), or the check is off for this input."""
+    human = _human_check(fc, item.dataset)
+    if human is None:
+        return True
+    t = time.perf_counter()
+    every = max(1, round(fc.human_every_s * fps))  # images (fps 0): their one frame
+    votes = [human(_rgb(f.jpeg), f.landmarks) for f in clip.frames[::every]]
+    res.timings["human_face"] += time.perf_counter() - t
+    return 2 * sum(votes) >= len(votes)
+
+
+def _rgb(jpeg: bytes) -> np.ndarray:
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 def _finish_clip(clip: Clip | None, item, info: MediaInfo, fps: float, cfg: ProcessConfig, res: _Result, out) -> None:
@@ -286,7 +319,7 @@ def _finish_clip(clip: Clip | None, item, info: MediaInfo, fps: float, cfg: Proc
     if clip is None:
         return
     res.clips_total += 1
-    reason = _clip_drop_reason(clip, fps, cfg)
+    reason = _clip_drop_reason(clip, item, fps, cfg, res)
     if reason is not None:
         res.drop_clips[reason] += 1
         res.drop_frames[reason] += len(clip.frames)

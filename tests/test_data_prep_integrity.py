@@ -1,5 +1,5 @@
-"""Curation does not turn damaged inputs into training data silently: frames decoded after a decoder error are
-dropped and counted with their own reason in the report."""
+"""Curation does not turn damaged or wrong inputs into training data silently: frames decoded after a decoder error
+and animal faces are dropped and counted with their own reason in the report."""
 
 from __future__ import annotations
 
@@ -8,18 +8,23 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+import skimage.data
 from data_prep_fixtures import make_cfg, read_shard, write_face_clip
+from PIL import Image
 
 from data_prep.cli import execute
 from data_prep.decode import VideoReader
-from data_prep.filters import FilterConfig
+from data_prep.demo_data import demo_photos
+from data_prep.filters import FilterConfig, HumanFaceCheck
 from data_prep.inputs import discover
 from data_prep.probe import probe_video
 from data_prep.process import ProcessConfig, process_input, read_samples
 from data_prep.shard_format import SampleMeta
 
+needs_dlib = pytest.mark.skipif(not HumanFaceCheck.available(), reason="dlib-bin + face_recognition_models missing")
 
 
 def bit_rot(src: Path, dst: Path, fraction: float = 0.2) -> Path:
@@ -48,7 +53,7 @@ def sample_metas(samples_path: str | None) -> list[SampleMeta]:
     return [] if samples_path is None else [SampleMeta.from_json(s["json"]) for s in read_samples(samples_path)]
 
 
-FAST = {"min_clip_frames": 4, "min_clip_seconds": 0.0, "identity": False}
+FAST = {"min_clip_frames": 4, "min_clip_seconds": 0.0, "identity": False, "human_face": False}
 
 
 # --- decode integrity -----------------------------------------------------------------------------------------------
@@ -158,3 +163,87 @@ def test_clean_clip_with_warnings_is_kept_whole(tmp_path):
     assert "decode_errors" not in rec["notes"]
     frames, reader = decode_all(clip)
     assert len(frames) == reader.frames_read == 12 and reader.error_count == 0 and reader.corrupt_from is None
+
+
+# --- human faces ----------------------------------------------------------------------------------------------------
+def cat_photos() -> dict[str, np.ndarray]:
+    """skimage's cat photo in two forms mediapipe's face detector + mesh accept as a (human) face."""
+    cat = skimage.data.chelsea()
+    mirrored = np.ascontiguousarray(cat[:, ::-1])
+    h, w = cat.shape[:2]
+    tilted = cv2.warpAffine(mirrored, cv2.getRotationMatrix2D((w / 2, h / 2), -10, 1.0), (w, h), borderMode=4)
+    small = cv2.resize(cat, None, fx=0.3, fy=0.3, interpolation=cv2.INTER_AREA)
+    return {"cat_mirrored_tilted": tilted, "cat_small": small}
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory) -> Path:
+    """One folder: 2 cat photos and 3 different people (the demo photos)."""
+    d = tmp_path_factory.mktemp("photos") / "pets_and_people"
+    d.mkdir()
+    for name, rgb in {**cat_photos(), **demo_photos()}.items():
+        Image.fromarray(rgb).save(d / f"{name}.png")
+    return d
+
+
+def _records(out: Path) -> dict[str, dict]:
+    recs = {}
+    for line in (out / "journal" / "faces.jsonl").read_text().splitlines():
+        for r in json.loads(line).get("inputs", []):
+            recs[Path(r["path"]).name] = r
+    return recs
+
+
+@needs_dlib
+def test_cat_is_not_human_and_people_are(photo_folder, tmp_path):
+    cfg = make_cfg(tmp_path, "filters.identity=false", paths=[photo_folder])
+    execute(cfg)
+    recs = _records(tmp_path)
+    for name in cat_photos():
+        assert (recs[f"{name}.png"]["status"], recs[f"{name}.png"]["reason"]) == ("empty", "not_human"), name
+        assert recs[f"{name}.png"]["drop_clips"] == {"not_human": 1}
+    for name in demo_photos():  # astronaut, cameraman (a small face), Grace Hopper
+        assert (recs[f"{name}.png"]["status"], recs[f"{name}.png"]["reason"]) == ("ok", None), name
+
+
+@needs_dlib
+@pytest.mark.parametrize("override", ["human_face", "human_face_except"])
+def test_human_face_check_can_be_switched_off(override, tmp_path):
+    """Stylised art (anime, paintings) is training data: the check is off by a switch, or for named datasets."""
+    Image.fromarray(cat_photos()["cat_mirrored_tilted"]).save(tmp_path / "cat.png")
+    item = discover([str(tmp_path / "cat.png")], dataset="pets")[0]
+    filters = {**FAST, "human_face": True}
+    rec, _ = process_input(item, ProcessConfig(filters=FilterConfig(**filters)), str(tmp_path))
+    assert rec["reason"] == "not_human"
+    filters.update({"human_face": False} if override == "human_face" else {"human_face_except": ["pets"]})
+    rec, _ = process_input(item, ProcessConfig(filters=FilterConfig(**filters)), str(tmp_path))
+    assert (rec["status"], rec["reason"]) == ("ok", None)
+
+
+@needs_dlib
+def test_human_face_checks_few_frames_of_a_clip(tmp_path, monkeypatch):
+    """A 2.4 s clip at 10 fps with human_every_s=1: its frames 0, 10 and 20 are checked, nothing else."""
+    clip = write_face_clip(tmp_path / "person.mp4", n=24, fps=10)
+    checked = []
+    call = HumanFaceCheck.__call__
+
+    def spy(self, crop, landmarks):
+        checked.append(crop.shape)
+        return call(self, crop, landmarks)
+
+    monkeypatch.setattr(HumanFaceCheck, "__call__", spy)
+    filters = FilterConfig(**{**FAST, "human_face": True, "human_every_s": 1.0})
+    rec, _ = process_input(discover([str(clip)])[0], ProcessConfig(filters=filters), str(tmp_path))
+    assert (rec["status"], rec["clip_lengths"]) == ("ok", [24]) and checked == [(512, 512, 3)] * 3
+    assert rec["timings"]["human_face"] > 0
+
+
+@pytest.mark.slow
+@needs_dlib
+def test_real_portraits_are_human(lp_data_faces_dir, tmp_path):
+    """Every portrait of the shared test faces (photos, paintings, a statue, a 3D cartoon) passes the check."""
+    images = sorted((lp_data_faces_dir / "images").glob("*.jpg"))
+    filters = FilterConfig(**{**FAST, "human_face": True})
+    for path in images:
+        rec, _ = process_input(discover([str(path)])[0], ProcessConfig(filters=filters), str(tmp_path))
+        assert (rec["status"], rec["reason"]) == ("ok", None), path.name
