@@ -64,6 +64,8 @@ def media_kind(path: str | Path) -> str | None:
 
 
 def _identity(path: Path, identity_from: str) -> str:
+    if identity_from == "file":  # the input's id: one identity per file
+        return source_id(str(path))
     if identity_from == "parent":
         return path.parent.name
     if identity_from == "grandparent":  # VoxCeleb layout: id/video/clip.mp4
@@ -72,7 +74,7 @@ def _identity(path: Path, identity_from: str) -> str:
         return path.stem
     if identity_from == "none":
         return ""
-    raise ValueError(f"identity_from must be parent|grandparent|stem|none, got {identity_from!r}")
+    raise ValueError(f"identity_from must be file|parent|grandparent|stem|none, got {identity_from!r}")
 
 
 def _resolve(path: str | Path, base: Path | None = None) -> Path:
@@ -126,10 +128,10 @@ def discover(
     manifest: str | None = None,
     dataset: str | None = None,
     split: str = "train",
-    identity_from: str = "parent",
+    identity_from: str = "file",
     dedupe_content: bool = False,
 ) -> list[InputItem]:
-    """All inputs, sorted by resolved path, with duplicates marked.
+    """All inputs, sorted by resolved path, with duplicates and paths that cannot be inputs marked.
 
     Args:
         paths: directories (searched recursively for known extensions) and/or single files.

@@ -1,5 +1,5 @@
-"""Curation does not turn damaged or wrong inputs into training data silently: frames decoded after a decoder error
-and animal faces are dropped and counted with their own reason in the report."""
+"""Curation does not turn damaged or wrong inputs into training data silently: frames decoded after a decoder error,
+animal faces and one identity for a folder of different people are dropped, counted or labelled right."""
 
 from __future__ import annotations
 
@@ -247,3 +247,30 @@ def test_real_portraits_are_human(lp_data_faces_dir, tmp_path):
     for path in images:
         rec, _ = process_input(discover([str(path)])[0], ProcessConfig(filters=filters), str(tmp_path))
         assert (rec["status"], rec["reason"]) == ("ok", None), path.name
+
+
+# --- identities -----------------------------------------------------------------------------------------------------
+def test_each_file_is_its_own_identity_by_default(photo_folder, tmp_path):
+    people = tmp_path / "people"
+    people.mkdir()
+    for name in demo_photos():
+        shutil.copy(photo_folder / f"{name}.png", people / f"{name}.png")
+    items = discover([str(people)])
+    assert len({it.identity for it in items}) == 3 and all(it.identity == it.id for it in items)
+    assert {it.identity for it in discover([str(people)], identity_from="parent")} == {"people"}
+    cfg = make_cfg(tmp_path / "out", "data_prep/filters=tiny", paths=[people])
+    execute(cfg)
+    cfg.mode = "merge"
+    assert execute(cfg)["identities_kept"] == 3
+
+
+def test_nine_people_in_one_folder_are_nine_identities(lp_data_faces_dir, tmp_path):
+    people = tmp_path / "portraits"
+    people.mkdir()
+    for name in ("d12", "d19", "d30", "d38", "d8", "d9", "s1", "s12", "s2"):  # nine different real people
+        shutil.copy(lp_data_faces_dir / "images" / f"{name}.jpg", people / f"{name}.jpg")
+    cfg = make_cfg(tmp_path / "out", "data_prep/filters=tiny", paths=[people])
+    execute(cfg)
+    cfg.mode = "merge"
+    summary = execute(cfg)
+    assert summary["inputs_by_status"] == {"ok": 9} and summary["identities_kept"] == 9
