@@ -130,6 +130,8 @@ def process_input(item: InputItem, cfg: ProcessConfig, work_dir: str) -> tuple[d
     path = os.path.join(work_dir, f"{item.uid}.pkl")
     t0 = time.perf_counter()
     try:
+        if item.skip is not None:  # found while listing the inputs (a dangling link, a loop, a missing path, ...)
+            raise Skip(item.skip, item.skip_detail)
         if item.duplicate_of is not None:
             raise Skip("duplicate", f"same input as {item.duplicate_of}")
         info = probe(item.path, item.kind, cfg.decode.get("allowed_codecs"), cfg.decode.get("min_image_side", 32))

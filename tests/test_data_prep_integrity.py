@@ -1,11 +1,14 @@
 """Curation does not turn damaged or wrong inputs into training data silently: frames decoded after a decoder error,
-animal faces and one identity for a folder of different people are dropped, counted or labelled right."""
+animal faces, one identity for a folder of different people, and paths a scan cannot use are each dropped or counted
+with their own reason in the report, and the run goes on."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -274,3 +277,98 @@ def test_nine_people_in_one_folder_are_nine_identities(lp_data_faces_dir, tmp_pa
     cfg.mode = "merge"
     summary = execute(cfg)
     assert summary["inputs_by_status"] == {"ok": 9} and summary["identities_kept"] == 9
+
+
+# --- scan anomalies -------------------------------------------------------------------------------------------------
+ANOMALIES = {  # name in the scanned folder (or given path) -> reason recorded for it
+    "self_loop.mp4": "symlink_loop",
+    "sub/up": "symlink_loop",
+    "gone.mp4": "dangling_link",
+    "clip.mp4": "not_a_file",
+    "pipe.jpg": "not_a_file",
+    "missing_given.mp4": "missing",
+    "notes.txt": "unknown_extension",
+}
+
+
+@pytest.fixture(scope="module")
+def anomalies(tmp_path_factory) -> tuple[Path, dict[str, dict], dict]:
+    """A folder with a symlink loop to itself and to a folder above, a dangling link, a folder and a fifo named like
+    media, plus a missing and a non-media path given explicitly; curated and merged."""
+    root = tmp_path_factory.mktemp("scan")
+    raw = root / "raw"
+    (raw / "sub").mkdir(parents=True)
+    (raw / "clip.mp4").mkdir()
+    face = skimage.data.astronaut()
+    Image.fromarray(face).save(raw / "good.jpg")
+    Image.fromarray(face[:, ::-1]).save(raw / "clip.mp4" / "inside.jpg")  # a folder named .mp4 is still scanned
+    os.symlink("self_loop.mp4", raw / "self_loop.mp4")
+    os.symlink("..", raw / "sub" / "up")
+    os.symlink("nowhere.mp4", raw / "gone.mp4")
+    os.mkfifo(raw / "pipe.jpg")
+    (root / "notes.txt").write_text("not media\n")
+    given = [raw, root / "missing_given.mp4", root / "notes.txt"]
+    cfg = make_cfg(root / "out", "data_prep/filters=tiny", paths=given)
+    summary = execute(cfg)
+    cfg.mode = "merge"
+    report = execute(cfg)
+    recs = {}
+    for line in (root / "out" / "journal" / "faces.jsonl").read_text().splitlines():
+        for r in json.loads(line).get("inputs", []):
+            inside = r["path"].startswith(str(raw.resolve()))
+            recs[os.path.relpath(r["path"], raw.resolve()) if inside else Path(r["path"]).name] = r
+    return raw, recs, {"run": summary, "report": report}
+
+
+@pytest.mark.parametrize("name", list(ANOMALIES))
+def test_scan_anomaly_is_recorded_with_its_reason(anomalies, name):
+    _, recs, _ = anomalies
+    assert (recs[name]["status"], recs[name]["reason"]) == ("skipped", ANOMALIES[name]), recs[name]["detail"]
+
+
+def test_scan_anomalies_do_not_stop_the_run(anomalies):
+    _, recs, out = anomalies
+    assert recs["good.jpg"]["status"] == "ok" and recs["clip.mp4/inside.jpg"]["status"] == "ok"
+    assert out["run"]["samples"] == 2 and out["report"]["inputs"] == len(ANOMALIES) + 2
+    for reason in set(ANOMALIES.values()):
+        assert out["report"]["input_reasons"][reason] >= 1
+
+
+def _as_nobody(fn) -> dict:
+    """``fn()`` (returning a JSON-able dict) in a forked child that has dropped root's rights (uid/gid 65534)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(w, json.dumps(fn()).encode())
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            os.write(w, json.dumps({"child_error": repr(e)}).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = json.loads(f.read())
+    os.waitpid(pid, 0)
+    return out
+
+
+def test_unreadable_file_is_not_a_corrupt_image():
+    """A file the curating user may not read (mode 000) is `unreadable`, not `corrupt_image` (checked as user
+    `nobody` when the tests run as root, who reads any file)."""
+    work = Path(tempfile.mkdtemp(prefix="lp_unreadable_"))
+    try:
+        work.chmod(0o777)
+        Image.fromarray(skimage.data.astronaut()).save(work / "locked.jpg")
+        (work / "locked.jpg").chmod(0o000)
+
+        def curate() -> dict:
+            return process_input(discover([str(work / "locked.jpg")])[0], ProcessConfig(), str(work))[0]
+
+        rec = _as_nobody(curate) if os.geteuid() == 0 else curate()
+        assert (rec.get("status"), rec.get("reason")) == ("skipped", "unreadable"), rec
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
