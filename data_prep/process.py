@@ -44,8 +44,7 @@ class ProcessConfig:
 
 
 _DETECTORS: dict[str, FaceDetector] = {}  # per worker process
-_IDENTITY: list = []
-_HUMAN: list = []
+_DLIB: dict[type, object] = {}  # per worker process: dlib models by class (None: dlib not installed)
 
 
 def _detector(kind: str, kwargs: dict) -> FaceDetector:
@@ -54,28 +53,23 @@ def _detector(kind: str, kwargs: dict) -> FaceDetector:
     return _DETECTORS[kind]
 
 
+def _dlib_model(cls: type, name: str):
+    """This process's ``IdentityEncoder`` / ``HumanFaceCheck`` (created once), or None without dlib."""
+    if cls not in _DLIB:
+        _DLIB[cls] = cls() if cls.available() else None
+        if _DLIB[cls] is None:
+            log.warning("%s filter off: install dlib-bin and face_recognition_models to enable it", name)
+    return _DLIB[cls]
+
+
 def _identity_encoder(cfg: FilterConfig) -> IdentityEncoder | None:
-    if not cfg.identity:
-        return None
-    if not _IDENTITY:
-        if IdentityEncoder.available():
-            _IDENTITY.append(IdentityEncoder())
-        else:
-            log.warning("identity filter off: install dlib-bin and face_recognition_models to enable it")
-            _IDENTITY.append(None)
-    return _IDENTITY[0]
+    return _dlib_model(IdentityEncoder, "identity") if cfg.identity else None
 
 
 def _human_check(cfg: FilterConfig, dataset: str) -> HumanFaceCheck | None:
     if not cfg.human_face or dataset in cfg.human_face_except:
         return None
-    if not _HUMAN:
-        if HumanFaceCheck.available():
-            _HUMAN.append(HumanFaceCheck())
-        else:
-            log.warning("human_face filter off: install dlib-bin and face_recognition_models to enable it")
-            _HUMAN.append(None)
-    return _HUMAN[0]
+    return _dlib_model(HumanFaceCheck, "human_face")
 
 
 def close_detectors() -> None:
