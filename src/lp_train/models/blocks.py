@@ -157,19 +157,20 @@ class SPADE(nn.Module):
 
 
 class SPADEResnetBlock(nn.Module):
-    """SPADE residual block with spectral-normalised convs (keys ``weight_orig/weight_u/weight_v``)."""
+    """SPADE residual block with spectral-normalised convs (keys ``weight_orig/weight_u/weight_v``); ``hidden`` is the
+    width of each SPADE's shared conv (official 128)."""
 
-    def __init__(self, fin: int, fout: int, label_nc: int):
+    def __init__(self, fin: int, fout: int, label_nc: int, hidden: int = 128):
         super().__init__()
         self.learned_shortcut = fin != fout
         fmiddle = min(fin, fout)
         self.conv_0 = spectral_norm(nn.Conv2d(fin, fmiddle, kernel_size=3, padding=1))
         self.conv_1 = spectral_norm(nn.Conv2d(fmiddle, fout, kernel_size=3, padding=1))
-        self.norm_0 = SPADE(fin, label_nc)
-        self.norm_1 = SPADE(fmiddle, label_nc)
+        self.norm_0 = SPADE(fin, label_nc, hidden)
+        self.norm_1 = SPADE(fmiddle, label_nc, hidden)
         if self.learned_shortcut:
             self.conv_s = spectral_norm(nn.Conv2d(fin, fout, kernel_size=1, bias=False))
-            self.norm_s = SPADE(fin, label_nc)
+            self.norm_s = SPADE(fin, label_nc, hidden)
 
     def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         x_s = self.conv_s(self.norm_s(x, seg)) if self.learned_shortcut else x

@@ -24,6 +24,8 @@ class DenseMotionNetwork(nn.Module):
         num_blocks: hourglass levels.
         estimate_occlusion_map: predict the occlusion map.
         kp_variance: variance of the keypoint Gaussians (normalised coordinates).
+        mask_kernel_size: kernel of the 3D conv predicting the K+1 motion masks (official 7).
+        occlusion_kernel_size: kernel of the 2D occlusion conv (official 7).
     """
 
     def __init__(
@@ -37,16 +39,25 @@ class DenseMotionNetwork(nn.Module):
         num_blocks: int = 5,
         estimate_occlusion_map: bool = True,
         kp_variance: float = 0.01,
+        mask_kernel_size: int = 7,
+        occlusion_kernel_size: int = 7,
     ):
         super().__init__()
         self.num_kp = num_kp
         self.kp_variance = kp_variance
         self.hourglass = Hourglass(block_expansion, (num_kp + 1) * (compress + 1), num_blocks, max_features)
-        self.mask = nn.Conv3d(self.hourglass.out_filters, num_kp + 1, kernel_size=7, padding=3)
+        self.mask = nn.Conv3d(
+            self.hourglass.out_filters, num_kp + 1, kernel_size=mask_kernel_size, padding=mask_kernel_size // 2
+        )
         self.compress = nn.Conv3d(feature_channel, compress, kernel_size=1)
         self.norm = nn.BatchNorm3d(compress, affine=True)
         self.occlusion = (
-            nn.Conv2d(self.hourglass.out_filters * reshape_depth, 1, kernel_size=7, padding=3)
+            nn.Conv2d(
+                self.hourglass.out_filters * reshape_depth,
+                1,
+                kernel_size=occlusion_kernel_size,
+                padding=occlusion_kernel_size // 2,
+            )
             if estimate_occlusion_map
             else None
         )

@@ -21,6 +21,7 @@ class SPADEDecoder(nn.Module):
         out_channels: width of the last SPADE block.
         num_down_blocks: number of downsamplings in F (sets the input width).
         num_middle_blocks: SPADE blocks at the input resolution (official 6).
+        spade_hidden: width of every SPADE's shared conv (official 128; most of G's cost at small widths).
     """
 
     def __init__(
@@ -31,6 +32,7 @@ class SPADEDecoder(nn.Module):
         out_channels: int = 64,
         num_down_blocks: int = 2,
         num_middle_blocks: int = 6,
+        spade_hidden: int = 128,
     ):
         super().__init__()
         cin = min(max_features, block_expansion * (2**num_down_blocks))
@@ -38,10 +40,10 @@ class SPADEDecoder(nn.Module):
         self.upscale = upscale
         self.fc = nn.Conv2d(cin, 2 * cin, kernel_size=3, padding=1)
         for i in range(num_middle_blocks):
-            self.add_module(f"G_middle_{i}", SPADEResnetBlock(2 * cin, 2 * cin, cin))
+            self.add_module(f"G_middle_{i}", SPADEResnetBlock(2 * cin, 2 * cin, cin, spade_hidden))
         self.num_middle_blocks = num_middle_blocks
-        self.up_0 = SPADEResnetBlock(2 * cin, cin, cin)
-        self.up_1 = SPADEResnetBlock(cin, out_channels, cin)
+        self.up_0 = SPADEResnetBlock(2 * cin, cin, cin, spade_hidden)
+        self.up_1 = SPADEResnetBlock(cin, out_channels, cin, spade_hidden)
         self.up = nn.Upsample(scale_factor=2)
         if upscale is None or upscale <= 1:
             self.conv_img = nn.Conv2d(out_channels, 3, kernel_size=3, padding=1)

@@ -27,6 +27,9 @@ class WarpingNetwork(nn.Module):
         dm_max_features: dense-motion hourglass max width.
         dm_num_blocks: dense-motion hourglass levels.
         dm_compress: dense-motion compressed channels.
+        dm_mask_kernel_size: dense-motion mask conv kernel (official 7; the 7³ conv is most of W's cost at small
+            widths).
+        dm_occlusion_kernel_size: dense-motion occlusion conv kernel (official 7).
     """
 
     def __init__(
@@ -42,6 +45,8 @@ class WarpingNetwork(nn.Module):
         dm_max_features: int = 1024,
         dm_num_blocks: int = 5,
         dm_compress: int = 4,
+        dm_mask_kernel_size: int = 7,
+        dm_occlusion_kernel_size: int = 7,
     ):
         super().__init__()
         self.num_kp = num_kp
@@ -56,6 +61,8 @@ class WarpingNetwork(nn.Module):
             max_features=dm_max_features,
             num_blocks=dm_num_blocks,
             estimate_occlusion_map=estimate_occlusion_map,
+            mask_kernel_size=dm_mask_kernel_size,
+            occlusion_kernel_size=dm_occlusion_kernel_size,
         )
         out_ch = block_expansion * (2**num_down_blocks)
         self.out_channels = out_ch
