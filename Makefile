@@ -8,7 +8,7 @@ export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 export HYDRA_FULL_ERROR ?= 1
 
-.PHONY: setup demo test test-all test-slurm bench lint clean
+.PHONY: setup demo test test-all test-slurm bench gpu-check lint clean
 
 # Idempotent: re-installs only when pyproject.toml changed (stamp keyed on its hash).
 setup:
@@ -46,6 +46,12 @@ test-slurm: setup
 
 bench: setup
 	$(PY) -m bench.run
+
+# GPU readiness (bench/gpu_check.py): make gpu-check GPU_CHECK_ARGS="--budget-min 8 --faces /data/faces";
+# GPU_CHECK_ARGS=--dry-run rehearses every section on a CPU at tiny sizes.
+GPU_CHECK_ARGS ?=
+gpu-check: setup
+	$(PY) -m bench.gpu_check $(GPU_CHECK_ARGS)
 
 lint: setup
 	$(PY) -m ruff check src data_prep eval tests bench

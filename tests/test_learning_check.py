@@ -114,7 +114,17 @@ def test_learning_check_cli_writes_curve_table_plot_and_resumes(tmp_path):
     assert [int(r["step"]) for r in logged] == [0, 2, 4]
     assert float(logged[-1]["heldout/unseen/l1"]) == pytest.approx(history[-1]["groups"]["unseen"]["l1"], rel=1e-6)
 
-    main([*args, "trainer.max_steps=6"])  # resume=auto: continues from step 4, the history is not duplicated
+    # --prepared: trains on the shards and pairs already in OUT; resume=auto continues from step 4, no duplicate
+    main([str(tmp_path), "--prepared", *args[2:], "trainer.max_steps=6"])
     history2 = json.loads((tmp_path / "run" / "heldout.json").read_text())["history"]
     assert [h["step"] for h in history2] == [0, 2, 4, 6]
     assert history2[2] == history[2]
+
+
+def test_prepare_only_writes_the_data_and_prepared_requires_it(tmp_path):
+    """Prepare on one machine (face detection), train on another: ``--prepare-only`` then ``--prepared``."""
+    with pytest.raises(SystemExit, match="run --prepare-only first"):
+        main([str(tmp_path / "empty"), "--prepared"])
+    out = main([str(tmp_path), "--synthetic", "--unseen", "synthetic-3", "--frames-per-clip", "8", "--prepare-only"])
+    assert out["pairs"].is_file() and sorted(p.name for p in out["shards"].glob("val-*.tar"))
+    assert not (tmp_path / "run").exists()  # nothing trained

@@ -30,18 +30,20 @@ def _csv_rows(run_dir) -> list[dict]:
 
 def test_fit_writes_wandb_offline_csv_images_checkpoint_and_model(tmp_path, monkeypatch, caplog):
     """Two steps with validation; also: global_step counts generator steps, the discriminator starts at
-    d_start_step, the EMA moves, and channels_last / compile are skipped on CPU with a warning."""
+    d_start_step, the EMA moves, and channels_last is applied (Conv3d weights too: channels_last_3d)."""
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     cfg = compose_train(
         tmp_path, "trainer.max_steps=2", "module.d_start_step=1", "module.ema_decay=0.5", "module.channels_last=true",
-        "module.compile=true", "trainer.log_every_n_steps=1", "module.image_every=1",
+        "trainer.log_every_n_steps=1", "module.image_every=1",
         "trainer.limit_val_batches=1", "trainer.val_check_interval=2", wandb=True,
     )  # fmt: skip
-    with caplog.at_level(logging.WARNING, logger="lp_train.lit.stage1"):
+    with caplog.at_level(logging.INFO, logger="lp_train.lit.stage1"):
         result = train(cfg)
     trainer, module = result["trainer"], result["module"]
-    assert trainer.global_step == 2 and "ignored (GPU only)" in caplog.text
+    assert trainer.global_step == 2 and "channels_last=True" in caplog.text
+    conv3d = module.model.warping_module.dense_motion_network.hourglass.encoder.down_blocks[0].conv.weight
+    assert conv3d.dim() == 5 and conv3d.is_contiguous(memory_format=torch.channels_last_3d)
     steps = [{int(st["step"]) for st in opt.state.values()} for opt in trainer.optimizers]
     assert steps == [{2}, {1}]  # G stepped twice; D once (from d_start_step=1), without advancing global_step
     ema = module.model_ema.module.state_dict()

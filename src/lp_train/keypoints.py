@@ -8,10 +8,15 @@ Used by training, evaluation and animation alike:
 - driving keypoints: x = s · (x_c · Rᵀ + δ) + t with the source's canonical x_c, and t_z = 0;
 - stitching: Δ[:, :3K] added to every keypoint, Δ[:, 3K:3K+2] added to x and y of all keypoints;
 - relative motion (animation): pose, expression, scale and translation taken relative to the first driving frame.
+
+Precision: under bf16 / fp16 autocast (``trainer.precision=bf16-mixed``, half-precision animation) M's head outputs
+are parsed in float32 and the rotation / keypoint transforms run with autocast off, so the keypoints stay float32,
+as in the official inference code (it casts M's outputs to float before the keypoint math).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -19,6 +24,17 @@ import torch
 import torch.nn.functional as F
 
 NUM_BINS = 66
+
+
+def _autocast_enabled(t: torch.Tensor) -> bool:
+    """Whether autocast (mixed precision) is on for ``t``'s device."""
+    device = t.device.type
+    return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+
+
+def _autocast_off(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Autocast disabled on ``t``'s device while it is enabled there (matmuls would otherwise run in bf16/fp16)."""
+    return torch.autocast(t.device.type, enabled=False) if _autocast_enabled(t) else contextlib.nullcontext()
 
 
 def headpose_bins_to_degrees(logits: torch.Tensor) -> torch.Tensor:
@@ -41,7 +57,8 @@ def rotation_matrix(pitch: torch.Tensor, yaw: torch.Tensor, roll: torch.Tensor) 
     rx = torch.stack([one, zero, zero, zero, p.cos(), -p.sin(), zero, p.sin(), p.cos()], 1).view(-1, 3, 3)
     ry = torch.stack([y.cos(), zero, y.sin(), zero, one, zero, -y.sin(), zero, y.cos()], 1).view(-1, 3, 3)
     rz = torch.stack([r.cos(), -r.sin(), zero, r.sin(), r.cos(), zero, zero, zero, one], 1).view(-1, 3, 3)
-    return (rz @ ry @ rx).transpose(1, 2)
+    with _autocast_off(p):
+        return (rz @ ry @ rx).transpose(1, 2)
 
 
 @dataclass
@@ -73,10 +90,13 @@ class MotionInfo:
 
 
 def parse_motion(raw: dict[str, torch.Tensor]) -> MotionInfo:
-    """Turn the motion extractor's raw head outputs (kp, exp as (B, 3K); pose as bins) into a ``MotionInfo``."""
+    """Turn the motion extractor's raw head outputs (kp, exp as (B, 3K); pose as bins) into a ``MotionInfo``;
+    float32 under autocast (a network whose weights are themselves bf16/fp16 keeps its dtype)."""
     missing = {"kp", "exp", "pitch", "yaw", "roll", "t", "scale"} - raw.keys()
     if missing:
         raise KeyError(f"motion extractor output lacks {sorted(missing)}")
+    if _autocast_enabled(raw["kp"]):
+        raw = {k: v.float() for k, v in raw.items()}
     b = raw["kp"].shape[0]
     if raw["kp"].shape[-1] % 3:
         raise ValueError(f"kp must hold 3K values, got {tuple(raw['kp'].shape)}")
@@ -100,6 +120,9 @@ def transform_keypoints(
     """x = s · (x_c @ R + δ) + [t_x, t_y, 0]; kp_c and exp (B, K, 3), rot (B, 3, 3), scale (B, 1), t (B, 3)."""
     if kp_c.ndim != 3 or kp_c.shape[-1] != 3 or exp.shape != kp_c.shape:
         raise ValueError(f"kp_c and exp must both be (B, K, 3), got {tuple(kp_c.shape)} and {tuple(exp.shape)}")
+    if _autocast_enabled(kp_c):  # mixed precision: the keypoint math in float32, whatever dtype the inputs have
+        with _autocast_off(kp_c):
+            return transform_keypoints(kp_c.float(), rot.float(), exp.float(), scale.float(), t.float())
     x = (kp_c @ rot + exp) * scale.reshape(-1, 1, 1)
     shift = torch.cat([t[:, :2], torch.zeros_like(t[:, 2:3])], dim=1)  # t_z = 0
     return x + shift[:, None, :]
@@ -134,7 +157,8 @@ def relative_motion(src: MotionInfo, drv: MotionInfo, drv0: MotionInfo) -> torch
     R = (R_d R_d0ᵀ) R_s, δ = δ_s + δ_d - δ_d0, s = s_s · s_d / s_d0, t = t_s + t_d - t_d0 (t_z = 0).
     """
     r_d, r_d0 = drv.rotation, drv0.rotation
-    rot = (r_d @ r_d0.transpose(1, 2)) @ src.rotation
+    with _autocast_off(r_d):
+        rot = (r_d @ r_d0.transpose(1, 2)) @ src.rotation
     exp = src.exp + (drv.exp - drv0.exp)
     scale = src.scale * (drv.scale / drv0.scale)
     t = src.t + (drv.t - drv0.t)

@@ -1,6 +1,7 @@
 """Does stage 1 learn motion? Train on real faces and track held-out self-reenactment against copy-the-source.
 
 ``python -m lp_train.learning_check OUT --faces ../shared/data/faces [options] [hydra overrides ...]``
+(``--prepare-only`` stops after step 3; ``--prepared`` instead of ``--faces`` starts at step 4 on OUT's data.)
 
 1. Crops every clip and portrait of ``--faces`` (``--frames-per-clip`` frames, every ``--stride``-th) at ``--size``.
 2. Splits them: the clips named by ``--unseen`` are held out whole (unseen identities); every other clip keeps its
@@ -153,29 +154,10 @@ def report(heldout_json: Path, out_dir: Path) -> tuple[Path, Path]:
     return md, png
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("out", type=Path, help="output folder (shards, pairs, run, report)")
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--faces", type=Path, help="folder with videos/*.mp4 and images/*.jpg (e.g. ../shared/data/faces)")
-    src.add_argument("--synthetic", action="store_true", help="synthetic faces (smoke tests)")
-    ap.add_argument("--size", type=int, default=128, help="stored crop side (2x the model input; 128 for tiny)")
-    ap.add_argument("--frames-per-clip", type=int, default=60)
-    ap.add_argument("--stride", type=int, default=3)
-    ap.add_argument("--unseen", nargs="*", default=["d12"], help="identities (file stems) held out whole")
-    ap.add_argument("--tail", type=float, default=0.3, help="fraction of every other clip held out (its end)")
-    ap.add_argument("--gap", type=int, default=2, help="frames dropped between a clip's training and held-out parts")
-    ap.add_argument("--every", type=int, default=200, help="evaluate every N training steps")
-    ap.add_argument("overrides", nargs="*", help="Hydra overrides of conf/train.yaml (default experiment=stage1_tiny)")
-    args = ap.parse_intermixed_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from hydra import compose, initialize_config_dir
-
+def prepare(args: argparse.Namespace, shards: Path, pairs_file: Path) -> None:
+    """Steps 1-3: crop (or draw) the faces, split them, write the shards and the held-out pairs."""
     from lp_train.data.sample_shards import face_folder_samples, synthetic_samples, write_shards
-    from lp_train.train import CONF_DIR, train
 
-    out = args.out.resolve()
-    shards, pairs_file = out / "shards", out / "pairs.pt"
     frames = args.frames_per_clip
     if args.synthetic:
         samples = synthetic_samples(num_identities=4, frames_per_clip=frames, num_images=2, size=args.size)
@@ -191,6 +173,45 @@ def main(argv: list[str] | None = None) -> dict:
     pairs = first_frame_pairs(held, groups)
     torch.save(pairs, pairs_file)
     log.info("held out %s; %d training samples", {k: len(v["source"]) for k, v in pairs.items()}, len(train_samples))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", type=Path, help="output folder (shards, pairs, run, report)")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--faces", type=Path, help="folder with videos/*.mp4 and images/*.jpg (e.g. ../shared/data/faces)")
+    src.add_argument("--synthetic", action="store_true", help="synthetic faces (smoke tests)")
+    src.add_argument(
+        "--prepared", action="store_true", help="reuse OUT/shards and OUT/pairs.pt of a --prepare-only run"
+    )
+    ap.add_argument("--prepare-only", action="store_true", help="write the shards and pairs, do not train (e.g. on a "
+                    "CPU machine before a GPU session: no face detector is needed there with --prepared)")  # fmt: skip
+    ap.add_argument("--size", type=int, default=128, help="stored crop side (2x the model input; 128 for tiny)")
+    ap.add_argument("--frames-per-clip", type=int, default=60)
+    ap.add_argument("--stride", type=int, default=3)
+    ap.add_argument("--unseen", nargs="*", default=["d12"], help="identities (file stems) held out whole")
+    ap.add_argument("--tail", type=float, default=0.3, help="fraction of every other clip held out (its end)")
+    ap.add_argument("--gap", type=int, default=2, help="frames dropped between a clip's training and held-out parts")
+    ap.add_argument("--every", type=int, default=200, help="evaluate every N training steps")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides of conf/train.yaml (default experiment=stage1_tiny)")
+    args = ap.parse_intermixed_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from hydra import compose, initialize_config_dir
+
+    from lp_train.train import CONF_DIR, train
+
+    out = args.out.resolve()
+    shards, pairs_file = out / "shards", out / "pairs.pt"
+    if args.prepared:
+        if not (pairs_file.is_file() and list(shards.glob("train-*.tar")) and list(shards.glob("val-*.tar"))):
+            raise SystemExit(
+                f"--prepared: {out} lacks pairs.pt or shards/{{train,val}}-*.tar (run --prepare-only first)"
+            )
+    else:
+        prepare(args, shards, pairs_file)
+    if args.prepare_only:
+        print(f"wrote {shards} and {pairs_file}")
+        return {"shards": shards, "pairs": pairs_file}
 
     overrides = list(args.overrides)
     if not any(o.startswith("experiment=") for o in overrides):

@@ -17,6 +17,7 @@ Landmark coordinates are normalised with 0 = the left/top image edge: pixel inde
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ from lp_train import landmarks as lm
 NO_JITTER = (1.0, 1.0, 1.0, 0.0)
 # RGB -> YIQ (NTSC); a hue shift is a rotation of the (I, Q) chroma plane, which keeps the gray axis fixed.
 _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
+_YIQ_INV = torch.linalg.inv(_YIQ)  # once here: linalg.inv checks for singularity, a host sync on a GPU
 
 
 @dataclass
@@ -83,19 +85,31 @@ def warp_images(images: torch.Tensor, homographies: torch.Tensor) -> torch.Tenso
     """Warp ``(B, 3, H, W)`` float images by per-image ``(B, 3, 3)`` source->destination pixel homographies
     (bilinear, reflected borders). Images whose homography is the identity are copied, not resampled."""
     eye = torch.eye(3, dtype=homographies.dtype, device=homographies.device)
-    moved = (homographies - eye).abs().amax((1, 2)) > 1e-6
+    moved = (homographies - eye).abs().amax((1, 2)) > 1e-6  # (B,)
+    if images.device.type != "cpu":  # warp all and select: a data-dependent subset would be a host sync on a GPU
+        return torch.where(moved[:, None, None, None], _warp(images, homographies), images)
     if not moved.any():
         return images
     out = images.clone()
-    h = homographies[moved].to(images.dtype)
-    out[moved] = KT.warp_perspective(images[moved], h, dsize=images.shape[-2:], padding_mode="reflection").clamp(0, 1)
+    out[moved] = _warp(images[moved], homographies[moved])
     return out
+
+
+def _warp(images: torch.Tensor, homographies: torch.Tensor) -> torch.Tensor:
+    h = homographies.to(images.dtype)
+    return KT.warp_perspective(images, h, dsize=images.shape[-2:], padding_mode="reflection").clamp(0, 1)
 
 
 def jitter_params(rng: np.random.Generator, cfg: AugmentConfig) -> tuple[float, float, float, float]:
     """Draw (brightness, contrast, saturation, hue) factors; ``NO_JITTER`` is the identity."""
     b, c, s = (rng.uniform(1 - v, 1 + v) for v in (cfg.brightness, cfg.contrast, cfg.saturation))
     return b, c, s, rng.uniform(-cfg.hue, cfg.hue)
+
+
+@functools.lru_cache(maxsize=8)
+def _yiq_on(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The YIQ matrix and its inverse on ``device``: copied once per device (a blocking copy per batch otherwise)."""
+    return _YIQ.to(device), _YIQ_INV.to(device)
 
 
 def color_jitter(images: torch.Tensor, params: torch.Tensor | tuple) -> torch.Tensor:
@@ -113,12 +127,12 @@ def color_jitter(images: torch.Tensor, params: torch.Tensor | tuple) -> torch.Te
     x = images[None] if single else images
     p = torch.as_tensor(params, dtype=torch.float64).to(x.device).reshape(-1, 4)
     b, c, s, h = p.unbind(1)
-    yiq = _YIQ.to(x.device)
+    yiq, yiq_inv = _yiq_on(x.device)
     gray, eye = yiq[0], torch.eye(3, dtype=torch.float64, device=x.device)
     sat = s[:, None, None] * eye + (1 - s)[:, None, None] * gray.expand(3, 3)  # s·I + (1-s)·1·gᵀ
     cos, sin, zero, one = (2 * math.pi * h).cos(), (2 * math.pi * h).sin(), torch.zeros_like(h), torch.ones_like(h)
     rot = torch.stack([one, zero, zero, zero, cos, -sin, zero, sin, cos], 1).view(-1, 3, 3)
-    a = (torch.linalg.inv(yiq) @ rot @ yiq @ sat) * (b * c)[:, None, None]  # (B, 3, 3)
+    a = (yiq_inv @ rot @ yiq @ sat) * (b * c)[:, None, None]  # (B, 3, 3)
     mean = (x.mean((2, 3)) @ gray.to(x.dtype)) * b.to(x.dtype)  # (B,) gray mean after brightness
     out = torch.einsum("bij,bjhw->bihw", a.to(x.dtype), x) + ((1 - c).to(x.dtype) * mean)[:, None, None, None]
     out = out.clamp_(0.0, 1.0)  # H·S·1 = 1, so the contrast offset stays gray

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -70,6 +70,7 @@ def resize_to(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 GENERATOR_NETS = ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator")
+COMPILABLE = (*GENERATOR_NETS, "discriminators")  # what ``compile`` may name
 DISCRIMINATOR_REGION = {"global": None, "face": "face", "lip": "lips"}  # discriminator -> region it judges
 # constructor arguments that are objects built by Hydra (not hyper-parameters)
 # fmt: off
@@ -78,6 +79,31 @@ INJECTED = ("model", "discriminators", "perceptual", "identity", "head_pose", "p
 # fmt: on
 # frozen third-party networks: rebuilt from weights.* at start-up, never written into our checkpoints
 FROZEN_PREFIXES = ("perceptual.", "identity.", "pose_teacher.")
+
+
+def to_channels_last(net: nn.Module) -> nn.Module:
+    """Every 4-D parameter and buffer of ``net`` to ``torch.channels_last``, every 5-D one (Conv3d in F and W) to
+    ``torch.channels_last_3d``, in place (``net.to(memory_format=torch.channels_last)`` raises on 5-D tensors)."""
+
+    def convert(t: torch.Tensor) -> torch.Tensor:
+        if t.dim() == 4:
+            return t.contiguous(memory_format=torch.channels_last)
+        if t.dim() == 5:
+            return t.contiguous(memory_format=torch.channels_last_3d)
+        return t
+
+    return net._apply(convert)
+
+
+def _compile_names(compile: bool | Sequence[str]) -> tuple[str, ...]:
+    """``compile`` -> the names of the networks to compile (checked against ``COMPILABLE``)."""
+    if isinstance(compile, bool):
+        return COMPILABLE if compile else ()
+    names = tuple(compile)
+    unknown = set(names) - set(COMPILABLE)
+    if unknown:
+        raise ValueError(f"compile: unknown networks {sorted(unknown)}; choose from {list(COMPILABLE)} (or true)")
+    return names
 
 
 def generator_terms(discriminators: Mapping[str, Any]) -> tuple[str, ...]:
@@ -120,8 +146,11 @@ class Stage1Module(L.LightningModule):
         image_every: log an image grid every N generator steps (0: never).
         num_images: rows in the grids.
         init_weights: fine-tune start: our model file, a Lightning .ckpt or an official release folder.
-        channels_last: channels_last memory format (GPU only; ignored with a warning on CPU).
-        compile: ``torch.compile`` the networks in place (GPU only; ignored with a warning on CPU).
+        channels_last: channels_last memory format for F, M, W, G and the discriminators (``to_channels_last``).
+        compile: ``torch.compile`` networks in place: True = F, M, W, G and the discriminators, or a list of names
+            from ``COMPILABLE`` (e.g. ``[warping_module, spade_generator]``); False = none.
+        compile_backend: ``torch.compile`` backend (``inductor``; ``aot_eager`` / ``eager`` trace without code
+            generation: debugging and the CPU dry run of ``bench/gpu_check.py``).
     """
 
     def __init__(
@@ -153,7 +182,8 @@ class Stage1Module(L.LightningModule):
         num_images: int = 4,
         init_weights: str | None = None,
         channels_last: bool = False,
-        compile: bool = False,
+        compile: bool | Sequence[str] = False,
+        compile_backend: str = "inductor",
     ):
         super().__init__()
         self.save_hyperparameters(ignore=list(INJECTED))
@@ -185,6 +215,8 @@ class Stage1Module(L.LightningModule):
         if init_weights:
             load_model_weights(self.model, init_weights)
             log.info("stage 1: fine-tuning from %s", init_weights)
+        self.compile_names = _compile_names(compile)
+        self._accelerated = False
         self.model_ema = EMA(self.model, ema_decay) if ema_decay else None
         self.val_l1, self.val_l1_copy, self.val_l1_hr = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
@@ -214,20 +246,20 @@ class Stage1Module(L.LightningModule):
         return optimizers, schedulers
 
     def configure_model(self) -> None:
-        """channels_last / torch.compile: applied on GPU only (CPU runs keep the flags but skip them, loudly)."""
-        wanted = [name for name in ("channels_last", "compile") if self.hparams[name]]
-        if not wanted:
+        """channels_last and ``torch.compile`` as configured, once (Lightning calls this hook every fit/validate)."""
+        if self._accelerated:
             return
-        device = self.trainer.strategy.root_device  # (the module itself is moved to it only after this hook)
-        if device.type != "cuda":
-            log.warning("stage 1: %s requested but the device is %s: ignored (GPU only)", wanted, device)
-            return
-        nets = [getattr(self.model, n) for n in GENERATOR_NETS] + list(self.discriminators.values())
-        for net in nets:
-            if self.hparams.channels_last:
-                net.to(memory_format=torch.channels_last)
-            if self.hparams.compile:
-                net.compile()  # in place: state-dict keys unchanged
+        self._accelerated = True
+        nets = {name: getattr(self.model, name) for name in GENERATOR_NETS} | {"discriminators": self.discriminators}
+        if self.hparams.channels_last:
+            for net in nets.values():
+                to_channels_last(net)
+        for name in self.compile_names:
+            for net in nets[name].values() if name == "discriminators" else [nets[name]]:
+                net.compile(backend=self.hparams.compile_backend)  # in place: state-dict keys unchanged
+        if self.hparams.channels_last or self.compile_names:
+            log.info("stage 1: channels_last=%s, compiled %s (backend %s)", self.hparams.channels_last,
+                     list(self.compile_names), self.hparams.compile_backend)  # fmt: skip
 
     def on_fit_start(self) -> None:
         uncalibrated = [

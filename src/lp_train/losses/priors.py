@@ -31,8 +31,9 @@ class KeypointPriorLoss(nn.Module):
             raise ValueError(f"keypoints must be (B, K, 3), got {tuple(kp.shape)}")
         k = kp.shape[1]
         d2 = (kp[:, :, None, :] - kp[:, None, :, :]).pow(2).sum(-1)  # (B, K, K) squared distances
-        off_diag = ~torch.eye(k, dtype=torch.bool, device=kp.device)
-        spread = (self.distance_threshold - d2).clamp(min=0)[:, off_diag].sum(-1)  # (B,)
+        # a product with the off-diagonal mask, not a boolean index: indexing calls nonzero(), a host sync on a GPU
+        off_diag = 1.0 - torch.eye(k, dtype=d2.dtype, device=kp.device)
+        spread = ((self.distance_threshold - d2).clamp(min=0) * off_diag).sum((1, 2))  # (B,)
         depth = (kp[:, :, 2].mean(1) - self.depth_target).abs()  # (B,)
         return (spread + depth).mean()
 

@@ -65,7 +65,8 @@ class ConvNeXtV2(nn.Module):
             self.downsample_layers.append(
                 nn.Sequential(LayerNorm2d(dims[i]), nn.Conv2d(dims[i], dims[i + 1], kernel_size=2, stride=2))
             )
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        # Python floats: made on the CPU, so that building under a meta (or CUDA) default device works
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.stages = nn.ModuleList()
         cur = 0
         for i, depth in enumerate(depths):
