@@ -3,13 +3,17 @@
 LivePortrait (Guo et al. 2024, Sec. 4.1) trains on video frames and on still portraits treated as one-frame
 clips. Videos are streamed frame by frame from an ``ffmpeg`` subprocess at a configured frame rate (default:
 the source's) and optionally downscaled so the longer side is at most ``max_side``; memory stays bounded by one
-frame. Images are converted to RGB whatever their mode (grayscale, CMYK, palette, alpha, 16-bit) — converted,
-not dropped — and the conversion is noted for the report.
+frame. ffmpeg's error lines are counted per input and tied to the output frame they precede: frames decoded after
+the first error (concealment garbage from bit rot or a bad copy) are not trusted (``VideoReader``). Images are
+converted to RGB whatever their mode (grayscale, CMYK, palette, alpha, 16-bit) — converted, not dropped — and the
+conversion is noted for the report.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import re
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -20,6 +24,13 @@ import numpy as np
 from data_prep.probe import MediaInfo, Skip, ffmpeg_url
 
 log = logging.getLogger(__name__)
+
+MAX_ERROR_LINES = 50  # error lines kept per input (all are counted)
+_ERROR_LEVELS = frozenset({"error", "fatal", "panic"})
+_LOG_LINE = re.compile(r"\[(panic|fatal|error|warning|info|verbose|debug|trace)\] ?(.*)$")  # -loglevel level+...
+_SHOWINFO_FRAME = re.compile(r"n:\s*(\d+)\s+pts:")
+_ADDRESS = re.compile(r" @ 0x[0-9a-f]+")  # "[h264 @ 0x55d0...]": a pointer, different in every run
+_LOG_TIMEOUT_S = 60.0  # a frame's showinfo line is written before the frame itself; waiting longer means a bug
 
 
 def output_size(info: MediaInfo, max_side: int | None) -> tuple[int, int]:
@@ -32,10 +43,22 @@ def output_size(info: MediaInfo, max_side: int | None) -> tuple[int, int]:
 
 
 class VideoReader:
-    """Iterate the frames of a video as (H, W, 3) uint8 RGB arrays.
+    """Iterate the frames of a video as (H, W, 3) uint8 RGB arrays, and count the decoder's errors.
 
-    After iteration, ``frames_read`` and ``errors`` (ffmpeg's error lines) describe the decode; ``check()`` raises
-    ``Skip("truncated" | "decode_error")`` for a file that ended early or failed.
+    ffmpeg runs with its log at ``info`` level, each line tagged with its level, and a ``showinfo`` filter as the
+    last stage, which logs one line per output frame before the frame is written to the pipe. So every error line
+    (``error`` / ``fatal`` / ``panic``: a damaged packet, a concealed macroblock, a lost reference) is known to come
+    before a given output frame; warnings (e.g. swscale's "deprecated pixel format") are not errors. The decoder
+    runs single-threaded (``-threads 1``), which makes this order, and so the first untrusted frame, deterministic
+    (with ffmpeg <= 6.0, whose command line tool is single-threaded; later versions decode in their own thread, where
+    an error can only be logged earlier, never later, than its frame). ``fps`` is always applied as a filter (the
+    source's rate by default), so the rawvideo output never duplicates or drops frames behind ``showinfo``'s back.
+
+    After iteration, ``frames_read`` is the number of frames decoded, ``error_count`` the number of error lines,
+    ``errors`` the first of them, and ``corrupt_from`` the index of the first frame decoded after an error (None
+    if there was none). With ``stop_at_error`` (the default) frames from ``corrupt_from`` on are decoded and
+    counted but not yielded: their pixels may be concealment garbage. ``check()`` raises
+    ``Skip("truncated" | "decode_error" | "unsupported_codec")`` for a file that ended early or failed.
 
     Args:
         path: video file.
@@ -43,19 +66,31 @@ class VideoReader:
         fps: output frame rate (None: keep the source's).
         max_side: downscale so the longer side is at most this (None: keep).
         max_frames: stop after this many frames (None: all).
+        stop_at_error: yield no frame decoded after the first decoder error.
     """
 
     def __init__(
-        self, path: str, info: MediaInfo, fps: float | None = None, max_side: int | None = None, max_frames=None
+        self,
+        path: str,
+        info: MediaInfo,
+        fps: float | None = None,
+        max_side: int | None = None,
+        max_frames: int | None = None,
+        stop_at_error: bool = True,
     ) -> None:
         self.path, self.info = path, info
         self.fps = float(fps) if fps else info.fps
         self.width, self.height = output_size(info, max_side)
         self.max_frames = max_frames
+        self.stop_at_error = stop_at_error
         self.frames_read = 0
-        self.errors: list[str] = []
+        self.error_count = 0
+        self.errors: list[str] = []  # the first MAX_ERROR_LINES error lines
+        self.corrupt_from: int | None = None
         self.returncode: int | None = None
         self._stopped_early = False
+        self._log: queue.SimpleQueue = queue.SimpleQueue()
+        self._log_ended = False
 
     @property
     def expected_frames(self) -> int:
@@ -65,19 +100,18 @@ class VideoReader:
         return int(round(self.info.duration * self.fps))
 
     def _command(self) -> list[str]:
-        stream = ffmpeg.input(ffmpeg_url(self.path))
-        video = stream.video
-        if self.fps != self.info.fps:
-            video = video.filter("fps", fps=self.fps)
+        video = ffmpeg.input(ffmpeg_url(self.path), threads=1).video.filter("fps", fps=self.fps)
         if (self.width, self.height) != (self.info.width, self.info.height):
             video = video.filter("scale", self.width, self.height, flags="area")
+        video = video.filter("showinfo", checksum=0)
         out = ffmpeg.output(video, "pipe:", format="rawvideo", pix_fmt="rgb24", an=None, sn=None)
-        return ffmpeg.compile(out.global_args("-nostdin", "-v", "error"), overwrite_output=True)
+        args = ("-nostdin", "-nostats", "-hide_banner", "-loglevel", "repeat+level+info")
+        return ffmpeg.compile(out.global_args(*args), overwrite_output=True)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         nbytes = self.width * self.height * 3
         proc = subprocess.Popen(self._command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        drain = threading.Thread(target=self._read_stderr, args=(proc,), daemon=True)
+        drain = threading.Thread(target=self._read_log, args=(proc.stderr,), daemon=True)
         drain.start()
         eof = False
         try:
@@ -86,8 +120,12 @@ class VideoReader:
                 if len(buf) < nbytes:
                     eof = True
                     break
-                self.frames_read += 1
-                yield np.frombuffer(buf, np.uint8).reshape(self.height, self.width, 3)
+                index, self.frames_read = self.frames_read, self.frames_read + 1
+                self._count_errors_until(index)
+                if self.error_count and self.corrupt_from is None:
+                    self.corrupt_from = index
+                if self.corrupt_from is None or not self.stop_at_error:
+                    yield np.frombuffer(buf, np.uint8).reshape(self.height, self.width, 3)
             self._stopped_early = not eof
         finally:
             if not eof:  # frame cap reached or the consumer stopped: do not decode the rest
@@ -95,13 +133,43 @@ class VideoReader:
                 proc.kill()
             proc.stdout.close()
             self.returncode = proc.wait()
-            drain.join(timeout=5)
+            drain.join()  # ffmpeg has exited: its log ends
+            self._count_errors_until(None)  # errors logged after the last frame (flush, trailing garbage)
 
-    def _read_stderr(self, proc: subprocess.Popen) -> None:
-        for line in proc.stderr:
-            text = line.decode("utf-8", "replace").strip()
-            if text and len(self.errors) < 50:
-                self.errors.append(text)
+    def _read_log(self, stream) -> None:
+        """Turn ffmpeg's log into events on ``self._log``: ("frame", n), ("error", text); None at its end."""
+        for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip()
+            m = _LOG_LINE.search(line)
+            if m is None:
+                continue
+            level, text = m.group(1), m.group(2)
+            if level in _ERROR_LEVELS:
+                self._log.put(("error", _ADDRESS.sub("", line)))
+            elif level == "info" and line.startswith("[Parsed_showinfo") and (n := _SHOWINFO_FRAME.match(text)):
+                self._log.put(("frame", int(n.group(1))))
+        self._log.put(None)
+
+    def _count_errors_until(self, frame: int | None) -> None:
+        """Consume log events up to ``showinfo``'s line for output frame ``frame`` (None: to the end of the log)."""
+        while not self._log_ended:
+            try:
+                event = self._log.get(timeout=_LOG_TIMEOUT_S) if frame is not None else self._log.get_nowait()
+            except queue.Empty:
+                if frame is None:
+                    return
+                raise RuntimeError(
+                    f"ffmpeg wrote frame {frame} of {self.path} but logged no showinfo line for it in "
+                    f"{_LOG_TIMEOUT_S} s (unexpected ffmpeg log format?)"
+                ) from None
+            if event is None:
+                self._log_ended = True
+            elif event[0] == "error":
+                self.error_count += 1
+                if len(self.errors) < MAX_ERROR_LINES:
+                    self.errors.append(event[1])
+            elif frame is not None and event[1] >= frame:
+                return
 
     def check(self, min_fraction: float = 0.9) -> None:
         """Raise ``Skip`` if the decode failed or produced fewer than ``min_fraction`` of the expected frames."""
@@ -119,8 +187,6 @@ class VideoReader:
                 f"decoded {self.frames_read} of {self.expected_frames} frames"
                 + (f" ({self.errors[0][:160]})" if self.errors else ""),
             )
-        if self.errors:
-            log.debug("%s: ffmpeg reported %d error lines but decoded fully", self.path, len(self.errors))
 
 
 def load_image(path: str, background: tuple[int, int, int] = (255, 255, 255)) -> tuple[np.ndarray, str | None]:

@@ -5,8 +5,16 @@ stylised portraits (AAHQ), images being one-frame clips. Every run (and every SL
 list from the same arguments, sorted by path, so task ``k`` of ``n`` can take a deterministic slice of it.
 
 A manifest row has ``path`` (absolute, or relative to the manifest's folder) and optional ``identity``, ``split``,
-``dataset``. Inputs listed twice (same resolved path; optionally same content) are kept once; the repeats stay in
-the list, marked ``duplicate_of``, so that the report records them with reason ``duplicate``.
+``dataset``. Without an identity, each input file is its own identity (``identity_from="file"``), unless
+``identity_from`` names a folder level that holds one person. Inputs listed twice (same resolved path; optionally
+same content) are kept once; the repeats stay in the list, marked ``duplicate_of``, so that the report records them
+with reason ``duplicate``.
+
+Directory scans follow symlinked folders. What cannot be an input stays in the list, marked with a ``skip`` reason
+that the report records: ``missing`` (a given path that does not exist), ``dangling_link``, ``symlink_loop`` (a
+link to a folder above it, or a link chain without end), ``not_a_file`` (a folder or device named like a media
+file; a folder's contents are still scanned), ``unreadable`` (a folder that cannot be listed),
+``unknown_extension`` (a given file that is not a video or image by its extension).
 """
 
 from __future__ import annotations
@@ -14,14 +22,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import logging
 import os
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from data_prep.probe import Skip, file_stat
 from data_prep.shard_format import source_id
-
-log = logging.getLogger(__name__)
 
 VIDEO_EXTS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"})
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
@@ -31,13 +38,15 @@ IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 class InputItem:
     """One input file and its labels."""
 
-    path: str  # resolved absolute path
-    kind: str  # "video" | "image"
+    path: str  # resolved absolute path (absolute, unresolved for a dangling link or a loop)
+    kind: str  # "video" | "image" ("other" for a skipped path without a media extension)
     identity: str
     split: str
     dataset: str
     duplicate_of: str | None = None
     dup_index: int = 0  # k for the k-th repeat of an input (0 for the first)
+    skip: str | None = None  # why this path cannot be an input (found while listing inputs), or None
+    skip_detail: str = ""
 
     @property
     def id(self) -> str:
@@ -64,6 +73,8 @@ def media_kind(path: str | Path) -> str | None:
 
 
 def _identity(path: Path, identity_from: str) -> str:
+    if identity_from == "file":  # the input's id: one identity per file
+        return source_id(str(path))
     if identity_from == "parent":
         return path.parent.name
     if identity_from == "grandparent":  # VoxCeleb layout: id/video/clip.mp4
@@ -72,7 +83,7 @@ def _identity(path: Path, identity_from: str) -> str:
         return path.stem
     if identity_from == "none":
         return ""
-    raise ValueError(f"identity_from must be parent|grandparent|stem|none, got {identity_from!r}")
+    raise ValueError(f"identity_from must be file|parent|grandparent|stem|none, got {identity_from!r}")
 
 
 def _resolve(path: str | Path, base: Path | None = None) -> Path:
@@ -121,45 +132,91 @@ def _content_digest(path: str, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _skip_row(path: Path, dataset: str, reason: str, detail: str) -> dict:
+    return {"path": os.path.abspath(path), "dataset": dataset, "kind": media_kind(path) or "other", "skip": reason,
+            "skip_detail": detail}  # fmt: skip
+
+
+def _scan(folder: Path, dataset: str, ancestors: tuple[str, ...], seen: set[str], rows: list[dict]) -> None:
+    """Rows for the media files under ``folder`` (recursive, symlinked folders followed) and for every anomaly."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as e:
+        rows.append(_skip_row(folder, dataset, "unreadable", f"cannot list the folder: {e.strerror}"))
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        try:
+            st = file_stat(entry.path) if entry.is_symlink() else entry.stat(follow_symlinks=False)
+        except Skip as s:
+            rows.append(_skip_row(path, dataset, s.reason, s.detail))
+            continue
+        except OSError as e:
+            rows.append(_skip_row(path, dataset, "unreadable", f"cannot stat it: {e.strerror}"))
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            if media_kind(path):
+                rows.append(_skip_row(path, dataset, "not_a_file", "a folder named like a media file (scanned)"))
+            real = os.path.realpath(path)
+            if real in ancestors:
+                rows.append(_skip_row(path, dataset, "symlink_loop", f"links to {real}, a folder above it"))
+            elif real not in seen:  # a folder reached again through another link is listed once
+                seen.add(real)
+                _scan(path, dataset, (*ancestors, real), seen, rows)
+        elif media_kind(path):
+            if stat.S_ISREG(st.st_mode):
+                rows.append({"path": str(_resolve(path)), "dataset": dataset})
+            else:
+                rows.append(_skip_row(path, dataset, "not_a_file", "not a regular file (a fifo, socket or device)"))
+
+
+def _given_path(p: str, dataset: str | None) -> list[dict]:
+    """Rows for one entry of ``inputs.paths``: a folder (scanned), a file, or the reason it is neither."""
+    given = Path(os.path.abspath(Path(p).expanduser()))
+    try:
+        st = file_stat(str(given))
+    except Skip as s:
+        return [_skip_row(given, dataset or given.parent.name, s.reason, s.detail)]
+    root = _resolve(given)
+    if stat.S_ISDIR(st.st_mode):
+        rows: list[dict] = []
+        _scan(root, dataset or root.name, (str(root),), {str(root)}, rows)
+        return rows
+    if not stat.S_ISREG(st.st_mode):
+        return [_skip_row(given, dataset or root.parent.name, "not_a_file", "not a regular file or folder")]
+    return [{"path": str(root), "dataset": dataset or root.parent.name}]
+
+
 def discover(
     paths: list[str] | None = None,
     manifest: str | None = None,
     dataset: str | None = None,
     split: str = "train",
-    identity_from: str = "parent",
+    identity_from: str = "file",
     dedupe_content: bool = False,
 ) -> list[InputItem]:
-    """All inputs, sorted by resolved path, with duplicates marked.
+    """All inputs, sorted by resolved path, with duplicates and paths that cannot be inputs marked.
 
     Args:
         paths: directories (searched recursively for known extensions) and/or single files.
         manifest: CSV / JSONL manifest (columns: path, identity, split, dataset).
         dataset: dataset tag for inputs without one (default: name of the directory given in ``paths``).
         split: split for inputs without one.
-        identity_from: identity for inputs without one: parent | grandparent | stem | none.
+        identity_from: identity for inputs without one: file (each file its own) | parent | grandparent | stem | none.
         dedupe_content: also mark inputs with identical content (size + first/last MiB) as duplicates.
     """
     rows: list[dict] = []
     for p in paths or []:
-        root = _resolve(p)
-        if root.is_dir():
-            tag = dataset or root.name
-            for f in sorted(root.rglob("*")):
-                if f.is_file() and media_kind(f):
-                    rows.append({"path": str(_resolve(f)), "dataset": tag})
-        elif root.exists() or Path(p).is_symlink():
-            rows.append({"path": str(root), "dataset": dataset or root.parent.name})
-        else:
-            raise FileNotFoundError(f"input {p} does not exist")
+        rows.extend(_given_path(p, dataset))
     if manifest:
         rows.extend(read_manifest(manifest))
     items: list[InputItem] = []
     for row in rows:
-        kind = media_kind(row["path"])
-        if kind is None:
-            log.warning("skipping %s: unknown extension (videos %s, images %s)", row["path"], VIDEO_EXTS, IMAGE_EXTS)
-            continue
         p = Path(row["path"])
+        kind, skip = row.get("kind") or media_kind(p), row.get("skip")
+        if kind is None:
+            kind, skip = "other", "unknown_extension"
+            row["skip_detail"] = f"not a video {sorted(VIDEO_EXTS)} or image {sorted(IMAGE_EXTS)} by its extension"
         items.append(
             InputItem(
                 path=row["path"],
@@ -167,6 +224,8 @@ def discover(
                 identity=str(row.get("identity") or _identity(p, identity_from)),
                 split=str(row.get("split") or split),
                 dataset=str(row.get("dataset") or dataset or p.parent.name),
+                skip=skip,
+                skip_detail=row.get("skip_detail", ""),
             )
         )
     items.sort(key=lambda it: it.path)  # stable: among equal paths, directory entries first, then manifest order

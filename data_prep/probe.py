@@ -2,15 +2,17 @@
 
 LivePortrait (Guo et al. 2024, Sec. 4.1) curates raw public video corpora; raw corpora contain broken files.
 Probing turns each into ``MediaInfo`` or a ``Skip`` with a machine-readable reason that ends up in the curation
-report, so one bad file never stops a job. Reasons: ``missing``, ``empty_file``, ``not_media``, ``truncated``,
-``audio_only``, ``no_video_stream``, ``unsupported_codec``, ``probe_failed``, ``image_too_small``,
-``corrupt_image``.
+report, so one bad file never stops a job. Reasons: ``missing``, ``dangling_link``, ``symlink_loop``,
+``not_a_file``, ``unreadable``, ``empty_file``, ``not_media``, ``truncated``, ``audio_only``, ``no_video_stream``,
+``unsupported_codec``, ``probe_failed``, ``image_too_small``, ``corrupt_image``.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -78,11 +80,32 @@ def _classify_probe_error(path: str, stderr: str) -> Skip:
     return Skip("probe_failed", stderr.strip()[-300:])
 
 
+def file_stat(path: str) -> os.stat_result:
+    """``os.stat`` of a path (links followed), or ``Skip``: ``missing``, ``dangling_link``, ``symlink_loop``,
+    ``unreadable`` (e.g. a folder on the way that may not be entered)."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise Skip("dangling_link", f"symlink to {os.readlink(path)}, which does not exist") from None
+        raise Skip("missing", "does not exist") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise Skip("symlink_loop", "a chain of symlinks that never ends in a file") from None
+        raise Skip("unreadable", f"cannot stat it: {e.strerror}") from None
+
+
 def _check_file(path: str) -> None:
-    if not os.path.exists(path):
-        raise Skip("missing", "file does not exist")
-    if os.path.getsize(path) == 0:
+    st = file_stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise Skip("not_a_file", "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file")
+    if st.st_size == 0:
         raise Skip("empty_file", "zero bytes")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:  # e.g. mode 000, or a file another user owns: not a corrupt file
+        raise Skip("unreadable", f"cannot open it: {e.strerror}") from None
 
 
 def probe_video(path: str, allowed_codecs: list[str] | None = None) -> MediaInfo:

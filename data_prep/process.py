@@ -3,7 +3,8 @@
 This is LivePortrait's (Guo et al. 2024, Sec. 4.1) per-video curation: one tracked face per clip, the LivePortrait
 crop stored at 512², quality filters, clips of at most ``MAX_CHUNK_FRAMES`` per sample. ``process_input`` never
 raises for a bad input: it returns a record with a ``status`` (``ok`` | ``empty`` | ``skipped`` | ``error``), a
-``reason`` and the drop counts by reason, and streams its samples into a temporary pickle file that the writer
+``reason`` (also set on an ``ok`` input that lost frames to ``decode_errors``) and the drop counts by reason, and
+streams its samples into a temporary pickle file that the writer
 appends to the shards in input order (``data_prep.writer``).
 """
 
@@ -17,11 +18,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from data_prep.clips import Clip, ClipBuilder, CropConfig, SceneCutDetector, chunk_bounds
 from data_prep.decode import VideoReader, load_image
-from data_prep.filters import FilterConfig, IdentityEncoder, frame_check, identity_consistent
+from data_prep.filters import FilterConfig, HumanFaceCheck, IdentityEncoder, frame_check, identity_consistent
 from data_prep.inputs import InputItem
 from data_prep.probe import MediaInfo, Skip, probe
 from data_prep.shard_format import MAX_CHUNK_FRAMES, SampleMeta, encode_sample_jpegs, sample_key
@@ -42,7 +44,7 @@ class ProcessConfig:
 
 
 _DETECTORS: dict[str, FaceDetector] = {}  # per worker process
-_IDENTITY: list = []
+_DLIB: dict[type, object] = {}  # per worker process: dlib models by class (None: dlib not installed)
 
 
 def _detector(kind: str, kwargs: dict) -> FaceDetector:
@@ -51,16 +53,23 @@ def _detector(kind: str, kwargs: dict) -> FaceDetector:
     return _DETECTORS[kind]
 
 
+def _dlib_model(cls: type, name: str):
+    """This process's ``IdentityEncoder`` / ``HumanFaceCheck`` (created once), or None without dlib."""
+    if cls not in _DLIB:
+        _DLIB[cls] = cls() if cls.available() else None
+        if _DLIB[cls] is None:
+            log.warning("%s filter off: install dlib-bin and face_recognition_models to enable it", name)
+    return _DLIB[cls]
+
+
 def _identity_encoder(cfg: FilterConfig) -> IdentityEncoder | None:
-    if not cfg.identity:
+    return _dlib_model(IdentityEncoder, "identity") if cfg.identity else None
+
+
+def _human_check(cfg: FilterConfig, dataset: str) -> HumanFaceCheck | None:
+    if not cfg.human_face or dataset in cfg.human_face_except:
         return None
-    if not _IDENTITY:
-        if IdentityEncoder.available():
-            _IDENTITY.append(IdentityEncoder())
-        else:
-            log.warning("identity filter off: install dlib-bin and face_recognition_models to enable it")
-            _IDENTITY.append(None)
-    return _IDENTITY[0]
+    return _dlib_model(HumanFaceCheck, "human_face")
 
 
 def close_detectors() -> None:
@@ -84,6 +93,7 @@ class _Result:
         self.samples = 0
         self.notes: dict = {}
         self.timings: Counter = Counter()
+        self.cut: tuple[str, str] | None = None  # (reason, detail) when part of a kept input was dropped
 
     def discard(self, reason: str) -> None:
         """The whole input is dropped: every decoded frame counts as dropped for ``reason``."""
@@ -114,6 +124,8 @@ def process_input(item: InputItem, cfg: ProcessConfig, work_dir: str) -> tuple[d
     path = os.path.join(work_dir, f"{item.uid}.pkl")
     t0 = time.perf_counter()
     try:
+        if item.skip is not None:  # found while listing the inputs (a dangling link, a loop, a missing path, ...)
+            raise Skip(item.skip, item.skip_detail)
         if item.duplicate_of is not None:
             raise Skip("duplicate", f"same input as {item.duplicate_of}")
         info = probe(item.path, item.kind, cfg.decode.get("allowed_codecs"), cfg.decode.get("min_image_side", 32))
@@ -135,8 +147,9 @@ def process_input(item: InputItem, cfg: ProcessConfig, work_dir: str) -> tuple[d
     if res.samples == 0:
         _remove(path)
         reason = res.drop_frames.most_common(1)[0][0] if res.drop_frames else "no_frames"
-        return _finish(res, t0, "empty", reason, "no clip passed the filters"), None
-    return _finish(res, t0, "ok"), path
+        detail = res.cut[1] if res.cut and res.cut[0] == reason else "no clip passed the filters"
+        return _finish(res, t0, "empty", reason, detail), None
+    return _finish(res, t0, "ok", *(res.cut or (None, ""))), path
 
 
 def crash_record(item: InputItem) -> tuple[dict, None]:
@@ -170,7 +183,10 @@ def _pick(faces: list[Face], prev_box: np.ndarray | None) -> Face | None:
 
 def _process_video(item: InputItem, info: MediaInfo, cfg: ProcessConfig, res: _Result, out) -> None:
     dc, fc = cfg.decode, cfg.filters
-    reader = VideoReader(item.path, info, dc.get("fps"), dc.get("max_side"), dc.get("max_frames"))
+    on_error = dc.get("on_error", "cut")
+    reader = VideoReader(
+        item.path, info, dc.get("fps"), dc.get("max_side"), dc.get("max_frames"), stop_at_error=on_error != "keep"
+    )
     det = _detector("video", cfg.detector)
     det.reset()
     ident = _identity_encoder(fc)
@@ -210,8 +226,32 @@ def _process_video(item: InputItem, info: MediaInfo, cfg: ProcessConfig, res: _R
     _finish_clip(builder.end(), item, info, reader.fps, cfg, res, out)
     res.timings.update({k: res.timings[k] + v for k, v in builder.timings.items()})
     reader.check(dc.get("min_decoded_fraction", 0.9))
+    _decode_errors(reader, on_error, res)
     res.notes["decode_fps"] = reader.fps
     res.notes["decode_size"] = [reader.width, reader.height]
+
+
+def _decode_errors(reader: VideoReader, on_error: str, res: _Result) -> None:
+    """Record the decoder's errors; frames decoded after the first one are dropped (``cut``) or the input is."""
+    if not reader.error_count:
+        return
+    res.notes["decode_errors"] = reader.error_count
+    res.notes["decode_error_lines"] = reader.errors[:3]
+    first = reader.errors[0][:200]
+    if reader.corrupt_from is None:  # errors only after the last frame (e.g. trailing garbage): no frame affected
+        return
+    res.notes["corrupt_from_frame"] = reader.corrupt_from
+    res.frames = reader.frames_read
+    untrusted = reader.frames_read - reader.corrupt_from
+    detail = (
+        f"{reader.error_count} decoder errors; frames {reader.corrupt_from}-{reader.frames_read - 1} "
+        f"({untrusted} of {reader.frames_read}) decoded after the first one; first: {first}"
+    )
+    if on_error == "drop":
+        raise Skip("decode_errors", detail)
+    if on_error == "cut":
+        res.drop_frames["decode_errors"] += untrusted
+        res.cut = ("decode_errors", detail)
 
 
 def _process_image(item: InputItem, info: MediaInfo, cfg: ProcessConfig, res: _Result, out) -> None:
@@ -239,16 +279,35 @@ def _process_image(item: InputItem, info: MediaInfo, cfg: ProcessConfig, res: _R
     res.timings.update({k: res.timings[k] + v for k, v in builder.timings.items()})
 
 
-def _clip_drop_reason(clip: Clip, fps: float, cfg: ProcessConfig) -> str | None:
+def _clip_drop_reason(clip: Clip, item: InputItem, fps: float, cfg: ProcessConfig, res: _Result) -> str | None:
     fc = cfg.filters
     n = len(clip.frames)
     if fps > 0 and n < max(fc.min_clip_frames, math.ceil(fc.min_clip_seconds * fps)):
         return "too_short"
     if float(np.median([f.sharpness for f in clip.frames])) < fc.min_sharpness:
         return "blurry"
+    if not _is_human(clip, item, fps, fc, res):
+        return "not_human"
     if clip.descriptors and not identity_consistent(clip.descriptors, fc.identity_threshold)[0]:
         return "identity_change"
     return None
+
+
+def _is_human(clip: Clip, item: InputItem, fps: float, fc: FilterConfig, res: _Result) -> bool:
+    """dlib confirms the face on at least half of the clip's checked frames (its first and one per
+    ``human_every_s``), or the check is off for this input."""
+    human = _human_check(fc, item.dataset)
+    if human is None:
+        return True
+    t = time.perf_counter()
+    every = max(1, round(fc.human_every_s * fps))  # images (fps 0): their one frame
+    votes = [human(_rgb(f.jpeg), f.landmarks) for f in clip.frames[::every]]
+    res.timings["human_face"] += time.perf_counter() - t
+    return 2 * sum(votes) >= len(votes)
+
+
+def _rgb(jpeg: bytes) -> np.ndarray:
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 def _finish_clip(clip: Clip | None, item, info: MediaInfo, fps: float, cfg: ProcessConfig, res: _Result, out) -> None:
@@ -256,7 +315,7 @@ def _finish_clip(clip: Clip | None, item, info: MediaInfo, fps: float, cfg: Proc
     if clip is None:
         return
     res.clips_total += 1
-    reason = _clip_drop_reason(clip, fps, cfg)
+    reason = _clip_drop_reason(clip, item, fps, cfg, res)
     if reason is not None:
         res.drop_clips[reason] += 1
         res.drop_frames[reason] += len(clip.frames)

@@ -95,7 +95,7 @@ def summarize(records: list[dict]) -> dict:
     by_dataset: dict[str, Counter] = {}
     for r in records:
         status[r["status"]] += 1
-        if r["status"] != "ok":
+        if r["reason"]:  # skipped / empty / error inputs, and kept ones that lost frames (decode_errors)
             skip[r["reason"]] += 1
         drop_frames.update(r["drop_frames"])
         drop_clips.update(r["drop_clips"])
@@ -106,6 +106,7 @@ def summarize(records: list[dict]) -> dict:
     kept = [r for r in records if r["samples"] > 0]
     frames = sum(r["frames_decoded"] for r in records)
     frames_kept = sum(r["frames_kept"] for r in records)
+    decode_errors = [r["notes"]["decode_errors"] for r in records if r["notes"].get("decode_errors")]
     return {
         "inputs": len(records), "inputs_by_status": dict(status), "input_reasons": dict(skip),
         "frames_decoded": frames, "frames_kept": frames_kept, "kept_fraction": frames_kept / max(frames, 1),
@@ -113,9 +114,11 @@ def summarize(records: list[dict]) -> dict:
         "samples": sum(r["samples"] for r in records),
         "identities_kept": len({(r["dataset"], r["identity"]) for r in kept}),
         "drop_frames": dict(drop_frames), "drop_clips": dict(drop_clips), "image_conversions": dict(conv),
+        "decode_errors": {"inputs": len(decode_errors), "error_lines": sum(decode_errors),
+                          "frames_dropped": drop_frames.get("decode_errors", 0)},
         "by_dataset": {k: dict(v) for k, v in sorted(by_dataset.items())},
         "skipped": [{"path": r["path"], "status": r["status"], "reason": r["reason"], "detail": r["detail"]}
-                    for r in records if r["status"] != "ok"],
+                    for r in records if r["reason"]],
     }  # fmt: skip
 
 
@@ -201,13 +204,15 @@ def _markdown(summary: dict, index: dict, images: list[str]) -> str:
         f"({100 * summary['kept_fraction']:.1f}%)",
         f"- clips kept: {summary['clips_kept']} of {summary['clips_total']}; "
         f"identities kept: {summary['identities_kept']}",
+        f"- decoder errors: {summary['decode_errors']['error_lines']} lines in {summary['decode_errors']['inputs']} "
+        f"inputs; {summary['decode_errors']['frames_dropped']} frames decoded after an input's first error dropped",
         f"- incomplete tasks: {index['incomplete_tasks'] or 'none'}", "",
         "## Drops by reason", "", "| level | reason | count |", "|---|---|---|",
     ]  # fmt: skip
     for level, key in (("input", "input_reasons"), ("frames", "drop_frames"), ("clips", "drop_clips")):
         lines += [f"| {level} | {r} | {n} |" for r, n in sorted(summary[key].items(), key=lambda x: -x[1])]
     lines += ["", f"Image conversions (converted, not dropped): {summary['image_conversions'] or 'none'}", ""]
-    lines += ["## Skipped / empty inputs", "", "| status | reason | path | detail |", "|---|---|---|---|"]
+    lines += ["## Skipped, empty or cut inputs", "", "| status | reason | path | detail |", "|---|---|---|---|"]
     lines += [f"| {s['status']} | {s['reason']} | `{s['path']}` | {s['detail'][:120]} |" for s in summary["skipped"]]
     lines += ["", "## Plots", ""] + [f"![{n}]({n})" for n in images]
     return "\n".join(lines) + "\n"

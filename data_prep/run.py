@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 def process_config(cfg: DictConfig) -> ProcessConfig:
     """The sample-determining part of the config as plain, picklable objects."""
     c = OmegaConf.to_container(cfg, resolve=True)
+    if c["decode"].get("on_error", "cut") not in ("cut", "drop", "keep"):
+        raise ValueError(f"decode.on_error must be cut | drop | keep, got {c['decode']['on_error']!r}")
     crop = {**c["crop"], "jpeg_quality": c["output"]["jpeg_quality"]}
     return ProcessConfig(
         decode=c["decode"],

@@ -165,7 +165,8 @@ def test_discover_manifests_duplicates_and_slices(tmp_path):
     dups = [i for i in discover([str(tmp_path / "raw")], str(csv_path)) if i.duplicate_of]
     assert len(dups) == 1 and dups[0].path == str(d / "a.mp4") and dups[0].uid.endswith(".dup1")
     first = discover([str(tmp_path / "raw")])[0]
-    assert first.identity == "id 1" and first.dataset == "raw" and first.id == discover([str(d / "a.mp4")])[0].id
+    assert first.identity == first.id and first.dataset == "raw" and first.id == discover([str(d / "a.mp4")])[0].id
+    assert discover([str(tmp_path / "raw")], identity_from="parent")[0].identity == "id 1"
     # SLURM slices: a partition, deterministic, balanced
     all_items = discover([str(tmp_path / "raw")], str(csv_path))
     slices = [task_slice(all_items, k, 3) for k in range(3)]
