@@ -136,3 +136,28 @@ def test_one_step_under_bf16_autocast(tmp_path, batch):
     trainer.fit(module, train_dataloaders=loader)
     assert trainer.global_step == 1 and module.guard.total == 0
     assert all(p.dtype == torch.float32 for p in module.model.parameters())  # autocast, fp32 master weights
+
+
+def test_cpu_recipe_trains_without_discriminators_and_follows_its_cosine_schedule(tmp_path, batch):
+    """experiment=stage1_cpu: no discriminators, one optimiser, zero GAN weights accepted (a nonzero one is not),
+    the generator's lr decays on the cosine schedule, and the pixel loss falls on a repeated batch."""
+    module = _module(tmp_path, "experiment=stage1_cpu", "trainer.max_steps=6")
+    assert len(module.discriminators) == 0 and module.loss_weights["l1"] > 0
+    assert not any(k.startswith(("gan_", "fm_", "d_")) for k in module.loss_weights)
+    loader = torch.utils.data.DataLoader([batch] * 6, batch_size=None)
+    trainer = L.Trainer(accelerator="cpu", max_steps=6, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    seen = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            seen.append((pl_module._logs["train/g/l1"].item(), trainer.optimizers[0].param_groups[0]["lr"]))
+
+    trainer.callbacks.append(Record())
+    trainer.fit(module, train_dataloaders=loader)
+    assert len(trainer.optimizers) == 1 and trainer.global_step == 6
+    lrs = [lr for _, lr in seen]
+    assert lrs[0] < 1e-3 and all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] == pytest.approx(1e-5)
+    assert seen[-1][0] < seen[0][0]
+    with pytest.raises(Exception, match="unknown loss weights"):
+        _module(tmp_path, "experiment=stage1_cpu", "loss.weights.gan_face=1.0")

@@ -224,7 +224,8 @@ class Stage1Module(L.LightningModule):
 
     def _check_weights(self, weights: Mapping[str, float]) -> dict[str, float]:
         known = set(generator_terms(self.discriminators)) | {f"d_{d}" for d in self.discriminators}
-        unknown = set(weights) - known
+        # a zero weight switches a term off, also one of a discriminator this run does not have (stage1_cpu)
+        unknown = {k for k, v in weights.items() if k not in known and float(v) != 0.0}
         if unknown:
             raise ValueError(f"unknown loss weights {sorted(unknown)}; known terms: {sorted(known)}")
         out = {k: float(weights.get(k, 0.0)) for k in sorted(known)}
@@ -238,10 +239,11 @@ class Stage1Module(L.LightningModule):
 
     def configure_optimizers(self):
         opt_g = self.optimizer_g(params=self.generator_parameters())
-        opt_d = self.optimizer_d(params=list(self.discriminators.parameters()))
-        optimizers, schedulers = [opt_g, opt_d], []
+        d_params = list(self.discriminators.parameters())  # none: no GAN terms (e.g. experiment=stage1_cpu)
+        opt_d = self.optimizer_d(params=d_params) if d_params else None
+        optimizers, schedulers = [opt for opt in (opt_g, opt_d) if opt is not None], []
         for opt, sched in ((opt_g, self.scheduler_g), (opt_d, self.scheduler_d)):
-            if sched is not None:
+            if opt is not None and sched is not None:
                 schedulers.append({"scheduler": sched(optimizer=opt), "interval": "step"})
         return optimizers, schedulers
 
@@ -334,7 +336,7 @@ class Stage1Module(L.LightningModule):
     def _generator_step(self, batch: Mapping[str, torch.Tensor]) -> dict | None:
         """Forward F, M, W, G, compute the generator terms, one optimiser step. Returns the forward outputs, or
         None when the step was skipped (non-finite loss)."""
-        opt_g = self.optimizers()[0]
+        opt_g = self._optimizers()[0]
         gan_on = self.global_step >= self.d_start_step and len(self.discriminators) > 0
         with self.toggled_optimizer(opt_g):
             with torch.profiler.record_function("g_forward"):
@@ -354,7 +356,7 @@ class Stage1Module(L.LightningModule):
 
     def _discriminator_step(self, batch: Mapping[str, torch.Tensor], pred: torch.Tensor) -> None:
         """Update the discriminators on (driving_hr, detached prediction), region by region."""
-        opt_d = self.optimizers()[1]
+        opt_d = self._optimizers()[1]
         target, boxes = batch["driving_hr"], batch["driving_boxes"]
         with self.toggled_optimizer(opt_d):
             terms, scores = {}, {}
@@ -397,6 +399,10 @@ class Stage1Module(L.LightningModule):
         if "train/g/total" in self._logs:
             self.log("train/loss", self._logs["train/g/total"], prog_bar=True, batch_size=batch["source"].shape[0])
 
+    def _optimizers(self) -> list:
+        opts = self.optimizers()
+        return opts if isinstance(opts, list) else [opts]  # Lightning unwraps a single optimiser
+
     def _schedulers(self) -> list:
         scheds = self.lr_schedulers()
         return [] if scheds is None else (scheds if isinstance(scheds, list) else [scheds])
@@ -404,7 +410,7 @@ class Stage1Module(L.LightningModule):
     # ----------------------------------------------------------------------------------------------- hooks
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Runs after unscaling: log the gradient norm, clip it, and drop non-finite gradients (skips the step)."""
-        is_g = optimizer is self.optimizers()[0].optimizer
+        is_g = optimizer is self._optimizers()[0].optimizer
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         clip = self.grad_clip_g if is_g else self.grad_clip_d
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm=clip if clip else math.inf)
