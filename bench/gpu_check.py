@@ -72,6 +72,10 @@ CONF = ROOT / "conf"
 RESULTS = ROOT / "bench" / "results"
 PAPER_MS = {"W": 5.21, "G": 7.59, "W + G": 12.8}  # RTX 4090, fp16 (paper's inference-speed table)
 BF16_RTOL = 0.05  # |bf16 - fp32| / |fp32| of the weighted generator loss at step 0 (bf16 keeps 8 mantissa bits)
+# The CPU dry run's tiny random networks are far more sensitive: their pose bins' logits sit near zero, so bf16
+# rounding moves the soft-argmax angles by degrees, and single terms moved by 13-40 % (L1, guide, head pose) and the
+# total by 2-6 % between two tiny architectures measured here. The rehearsal checks the mechanism at this tolerance.
+BF16_RTOL_DRY_RUN = 0.25
 COMPILED = ("warping_module", "spade_generator")
 # host syncs by design: the non-finite guard decides, once per optimiser, whether to skip a step (as GradScaler does)
 KNOWN_SYNCS = ("stage1.py:_finite", "stage1.py:on_before_optimizer_step")
@@ -430,7 +434,7 @@ def checks_section(plan: Plan, budget: Budget) -> dict:
     if budget.allows(40.0 if plan.device == "cuda" else 20.0):
         ref = run_stage1_cell(plan, plan.single_batch, "32-true", fp32_reference=True)
         low = run_stage1_cell(plan, plan.single_batch, "bf16-mixed", check_syncs=True)
-        out["bf16_vs_fp32"] = compare_losses(ref, low)
+        out["bf16_vs_fp32"] = compare_losses(ref, low, BF16_RTOL if plan.device == "cuda" else BF16_RTOL_DRY_RUN)
         out["training_step_syncs"] = sync_verdict(low)
     else:
         out["bf16_vs_fp32"] = out["training_step_syncs"] = skipped("time budget")
@@ -438,8 +442,8 @@ def checks_section(plan: Plan, budget: Budget) -> dict:
     return out
 
 
-def compare_losses(ref: dict, low: dict) -> dict:
-    """bf16 vs fp32 step-0 losses: the weighted generator total within ``BF16_RTOL``; every term reported."""
+def compare_losses(ref: dict, low: dict, rtol: float = BF16_RTOL) -> dict:
+    """bf16 vs fp32 step-0 losses: the weighted generator total within ``rtol``; every term reported."""
     if ref.get("status") != "ok" or low.get("status") != "ok":
         return skipped("a run failed", fp32=ref.get("error"), bf16=low.get("error"))
     a, b = ref["first_losses"], low["first_losses"]
@@ -448,8 +452,8 @@ def compare_losses(ref: dict, low: dict) -> dict:
     total = terms.get("train/g/total")
     if total is None:
         return {"status": "error", "reason": "no train/g/total logged", "terms": terms}
-    ok = total["rel"] <= BF16_RTOL
-    return {"status": "ok" if ok else "fail", "rel_diff": total["rel"], "tolerance": BF16_RTOL, "terms": terms}
+    ok = total["rel"] <= rtol
+    return {"status": "ok" if ok else "fail", "rel_diff": total["rel"], "tolerance": rtol, "terms": terms}
 
 
 def sync_verdict(row: dict) -> dict:
