@@ -55,8 +55,8 @@ def _measure(config: str, batch_size: int, reps: int, warmup: int) -> dict:
         t = [time.perf_counter()]
         out = module.model(batch["source"], batch["driving"])
         t_networks = time.perf_counter() - t[0]
-        terms = module._generator_losses(batch, out, gan_on=True)
-        total = sum(module.loss_weights[k] * v for k, v in terms.items())
+        terms = module.loss.generator_losses(module.model, batch, out, module.discriminators)
+        total = module.loss.total(terms)
         t.append(time.perf_counter())
         total.backward()
         t.append(time.perf_counter())
@@ -65,7 +65,9 @@ def _measure(config: str, batch_size: int, reps: int, warmup: int) -> dict:
         t.append(time.perf_counter())
         d_total = 0
         for name, disc in module.discriminators.items():
-            fake, real = module._gan_inputs(name, out["image"].detach(), batch["driving_hr"], batch["driving_boxes"])
+            fake, real = module.loss.gan_inputs(
+                name, out["image"].detach(), batch["driving_hr"], batch["driving_boxes"]
+            )
             d_total = d_total + discriminator_loss(disc(real), disc(fake))
         t.append(time.perf_counter())
         d_total.backward()

@@ -40,10 +40,10 @@ def _compact_batch(n: int = 2) -> dict:
 def _stage1_step(module: Stage1Module, batch: dict) -> dict[str, torch.Tensor]:
     """Forward, every generator term, backward, then every discriminator's loss and backward."""
     out = module.model(batch["source"], batch["driving"])
-    terms = module._generator_losses(batch, out, gan_on=True)
-    sum(module.loss_weights[k] * v for k, v in terms.items()).backward()
+    terms = module.loss.generator_losses(module.model, batch, out, module.discriminators)
+    module.loss.total(terms).backward()
     for name, disc in module.discriminators.items():
-        fake, real = module._gan_inputs(name, out["image"].detach(), batch["driving_hr"], batch["driving_boxes"])
+        fake, real = module.loss.gan_inputs(name, out["image"].detach(), batch["driving_hr"], batch["driving_boxes"])
         terms[f"d_{name}"] = discriminator_loss(disc(real), disc(fake))
         terms[f"d_{name}"].backward()
     return terms | {"x_s": out["x_s"], "image": out["image"]}

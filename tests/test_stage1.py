@@ -14,8 +14,8 @@ from lp_train.checkpoint import save_model
 from lp_train.data.synthetic import SyntheticPairs
 from lp_train.lit.ema import EMA
 from lp_train.lit.nonfinite import NonFiniteError, NonFiniteGuard
-from lp_train.lit.stage1 import GENERATOR_NETS, Stage1Module, generator_terms
-from lp_train.losses import discriminator_loss
+from lp_train.lit.stage1 import GENERATOR_NETS, Stage1Module
+from lp_train.losses import discriminator_loss, generator_terms
 
 
 @pytest.fixture(scope="module")
@@ -33,22 +33,24 @@ def test_every_parameter_gets_a_gradient_from_the_stage_loss(tmp_path, batch):
     module = _module(tmp_path)
     out = module.model(batch["source"], batch["driving"])
     assert out["image"].shape == (2, 3, 128, 128) and torch.isfinite(out["image"]).all()
-    terms = module._generator_losses(batch, out, gan_on=True)
-    assert set(terms) == {k for k, w in module.loss_weights.items() if w and not k.startswith("d_")}
+    terms = module.loss.generator_losses(module.model, batch, out, module.discriminators)
+    assert set(terms) == {k for k, w in module.loss.weights.items() if w and not k.startswith("d_")}
     assert all(torch.isfinite(v) and v.ndim == 0 for v in terms.values())
-    sum(module.loss_weights[k] * v for k, v in terms.items()).backward()
+    module.loss.total(terms).backward()
     for net in GENERATOR_NETS:
         missing = [n for n, p in getattr(module.model, net).named_parameters() if p.grad is None or not p.grad.any()]
         assert missing == [], f"{net}: no gradient for {missing[:5]}"
     heads = module.model.stitching_retargeting_module
     assert all(not p.requires_grad and p.grad is None for p in heads.parameters())  # stage 2's heads stay frozen
-    frozen = [*module.perceptual.parameters(), *module.identity.parameters()]
+    frozen = [*module.loss.perceptual.parameters(), *module.loss.identity.parameters()]
     assert all(p.grad is None for p in frozen)
     # discriminator phase: every D parameter is reached by the D loss
     module.discriminators.zero_grad(set_to_none=True)
     total = 0
     for name, disc in module.discriminators.items():
-        fake_in, real_in = module._gan_inputs(name, out["image"].detach(), batch["driving_hr"], batch["driving_boxes"])
+        fake_in, real_in = module.loss.gan_inputs(
+            name, out["image"].detach(), batch["driving_hr"], batch["driving_boxes"]
+        )
         total = total + discriminator_loss(disc(real_in), disc(fake_in))
     total.backward()
     # (a fresh D's last bias can get an exactly-zero hinge gradient: real and fake terms cancel; reached all the same)
@@ -66,10 +68,10 @@ def test_loss_weights_are_validated(tmp_path):
 
 def test_pose_teacher_replaces_landmark_labels(tmp_path, batch):
     module = _module(tmp_path, "weights.pose_teacher=random")
-    assert module.pose_teacher is not None
-    target = module._pose_targets(batch, "driving")
+    assert module.loss.pose_teacher is not None
+    target = module.loss.pose_targets(batch, "driving")
     assert target.shape == (2, 3) and not torch.equal(target, batch["driving_pose"])
-    assert torch.equal(_module(tmp_path)._pose_targets(batch, "driving"), batch["driving_pose"])
+    assert torch.equal(_module(tmp_path).loss.pose_targets(batch, "driving"), batch["driving_pose"])
 
 
 def test_fine_tune_init_loads_weights(tmp_path):
@@ -109,14 +111,14 @@ def test_nonfinite_guard_counts_and_stops():
 def test_fit_skips_nonfinite_steps_then_stops_with_a_clear_error(tmp_path, batch, monkeypatch):
     module = _module(tmp_path, "module.max_nonfinite=3")
     before = {k: v.detach().clone() for k, v in module.model.named_parameters()}
-    real = module._generator_losses
+    real = module.loss.generator_losses
 
     def poisoned(*args, **kwargs):
         terms = real(*args, **kwargs)
         terms["guide"] = terms["guide"] * float("nan")
         return terms
 
-    monkeypatch.setattr(module, "_generator_losses", poisoned)
+    monkeypatch.setattr(module.loss, "generator_losses", poisoned)
     loader = torch.utils.data.DataLoader([batch] * 8, batch_size=None)
     trainer = L.Trainer(accelerator="cpu", max_steps=5, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
@@ -142,8 +144,8 @@ def test_cpu_recipe_trains_without_discriminators_and_follows_its_cosine_schedul
     """experiment=stage1_cpu: no discriminators, one optimiser, zero GAN weights accepted (a nonzero one is not),
     the generator's lr decays on the cosine schedule, and the pixel loss falls on a repeated batch."""
     module = _module(tmp_path, "experiment=stage1_cpu", "trainer.max_steps=6")
-    assert len(module.discriminators) == 0 and module.loss_weights["l1"] > 0
-    assert not any(k.startswith(("gan_", "fm_", "d_")) for k in module.loss_weights)
+    assert len(module.discriminators) == 0 and module.loss.weights["l1"] > 0
+    assert not any(k.startswith(("gan_", "fm_", "d_")) for k in module.loss.weights)
     loader = torch.utils.data.DataLoader([batch] * 6, batch_size=None)
     trainer = L.Trainer(accelerator="cpu", max_steps=6, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip

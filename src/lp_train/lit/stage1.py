@@ -1,23 +1,12 @@
 """Stage 1 of LivePortrait (paper Sec. 3.1-3.2, "base model training"): F, M, W, G trained from scratch (or
-fine-tuned) on (source, driving) pairs against three discriminators (global, face, lip).
+fine-tuned) on (source, driving) pairs against up to three discriminators (global, face, lip).
 
-Generator loss (weights from ``conf/loss``, names as logged under ``train/g/<term>``)::
-
-    perceptual_{full,face,lips}   cascaded multi-scale VGG19 perceptual loss        (Sec. 3.1 "cascaded loss terms")
-    gan_{global,face,lip}         adversarial loss of each discriminator             (hinge by default)
-    fm_{global,face,lip}          discriminator feature matching
-    equivariance                  L_E on the driving frame under a random TPS warp
-    keypoint_prior                L_L on x_s and x_d
-    head_pose                     L_H (pose teacher if configured, else landmark pseudo labels)
-    deformation                   L_Δ on δ_s and δ_d
-    identity                      ArcFace cosine distance on the face crop
-    guide                         L_guide Wing loss, 10 landmarks vs 10 keypoints of x_s and x_d (Sec. 3.2)
-    l1                            pixel L1 (not in the paper; 0 in the paper config, used by the tiny config)
-
-Discriminator loss: ``train/d/{global,face,lip}``. Manual optimisation with two explicit phases
-(``_generator_step`` then ``_discriminator_step``; STYLE rule 5). ``global_step`` counts generator steps (training
+The objective is one ``Stage1Loss`` (``lp_train/losses/stage1.py``: its terms, weights and the regions the
+discriminators judge); this module owns the networks, the optimisers and the two explicit phases of manual
+optimisation (``_generator_step`` then ``_discriminator_step``). ``global_step`` counts generator steps (training
 iterations): the discriminator's optimiser is stepped through the strategy directly so it does not advance it.
-The stitching/retargeting heads in ``model`` (stage 2) are frozen here and receive no gradient.
+Without discriminators (``experiment=stage1_cpu``) there is one optimiser and no GAN phase. The stitching/retargeting
+heads in ``model`` (stage 2) are frozen here and receive no gradient.
 """
 
 from __future__ import annotations
@@ -34,28 +23,11 @@ from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from lp_train.checkpoint import load_model_weights
-from lp_train.keypoints import keypoints_from_motion
 from lp_train.lit.ema import EMA
 from lp_train.lit.monitoring import grad_norm
 from lp_train.lit.nonfinite import NonFiniteGuard
 from lp_train.lit.visualize import log_grid, reenactment_grid
-from lp_train.losses import (
-    CascadedPerceptualLoss,
-    DeformationPriorLoss,
-    EquivarianceLoss,
-    FaceIdentityLoss,
-    HeadPoseLoss,
-    KeypointPriorLoss,
-    LandmarkGuideLoss,
-    PoseTeacher,
-    RandomTPS,
-    discriminator_loss,
-    feature_matching_loss,
-    generator_loss,
-    pixel_l1,
-    region_crop,
-)
-from lp_train.losses.gan import mean_logit
+from lp_train.losses.stage1 import FROZEN_CHILDREN, Stage1Loss
 from lp_train.models.liveportrait import LivePortrait
 
 log = logging.getLogger(__name__)
@@ -71,14 +43,12 @@ def resize_to(images: torch.Tensor, size: int) -> torch.Tensor:
 
 GENERATOR_NETS = ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator")
 COMPILABLE = (*GENERATOR_NETS, "discriminators")  # what ``compile`` may name
-DISCRIMINATOR_REGION = {"global": None, "face": "face", "lip": "lips"}  # discriminator -> region it judges
 # constructor arguments that are objects built by Hydra (not hyper-parameters)
-# fmt: off
-INJECTED = ("model", "discriminators", "perceptual", "identity", "head_pose", "pose_teacher", "equivariance",
-            "keypoint_prior", "deformation", "guide", "optimizer_g", "optimizer_d", "scheduler_g", "scheduler_d")
-# fmt: on
-# frozen third-party networks: rebuilt from weights.* at start-up, never written into our checkpoints
-FROZEN_PREFIXES = ("perceptual.", "identity.", "pose_teacher.")
+INJECTED = ("model", "loss", "discriminators", "optimizer_g", "optimizer_d", "scheduler_g", "scheduler_d")
+# frozen third-party networks (inside the loss): rebuilt from weights.* at start-up, never written into checkpoints
+FROZEN_PREFIXES = tuple(f"loss.{name}." for name in FROZEN_CHILDREN)
+# checkpoints written before the loss became one object kept these networks at the top level
+_LEGACY_LOSS_CHILDREN = (*FROZEN_CHILDREN, "head_pose", "equivariance", "keypoint_prior", "deformation", "guide")
 
 
 def to_channels_last(net: nn.Module) -> nn.Module:
@@ -106,38 +76,19 @@ def _compile_names(compile: bool | Sequence[str]) -> tuple[str, ...]:
     return names
 
 
-def generator_terms(discriminators: Mapping[str, Any]) -> tuple[str, ...]:
-    """Names of every generator loss term for a set of discriminators."""
-    gan = tuple(f"{k}_{d}" for d in discriminators for k in ("gan", "fm"))
-    return (
-        "perceptual_full", "perceptual_face", "perceptual_lips", *gan, "equivariance", "keypoint_prior",
-        "head_pose", "deformation", "identity", "guide", "l1",
-    )  # fmt: skip
-
-
 class Stage1Module(L.LightningModule):
-    """F, M, W, G + discriminators with the cascaded stage-1 losses.
+    """F, M, W, G (+ discriminators) trained with a ``Stage1Loss``.
+
+    Every argument is set by ``conf/module/stage1.yaml`` (with the experiment's overrides); the code has no defaults.
 
     Args:
         model: the LivePortrait networks (F, M, W, G trained; stitching heads, if any, frozen).
-        discriminators: ``{"global": D, "face": D, "lip": D}`` (a subset is allowed); owned by this module.
-        perceptual: cascaded VGG19 perceptual loss.
-        identity: ArcFace identity loss (None disables the term).
-        head_pose: L_H.
-        pose_teacher: pose teacher (None: the loader's landmark pseudo labels ``*_pose``).
-        equivariance: L_E.
-        keypoint_prior: L_L.
-        deformation: L_Δ.
-        guide: L_guide.
-        loss_weights: weight per generator term (``generator_terms``) and per discriminator (``d_<name>``);
-            missing terms weigh 0 and are not computed.
+        loss: the stage-1 objective (terms, weights, regions); its weights are checked against ``discriminators``.
+        discriminators: ``{"global": D, "face": D, "lip": D}``, a subset, or none (no GAN phase); owned here.
         optimizer_g: partial optimiser for F, M, W, G (``_partial_: true``; paper: Adam 2e-4, betas 0.5/0.999).
-        optimizer_d: partial optimiser for the discriminators.
-        scheduler_g: optional partial LR scheduler for ``optimizer_g`` (stepped every iteration).
-        scheduler_d: optional partial LR scheduler for ``optimizer_d``.
-        gan_loss: ``hinge`` / ``lsgan`` / ``nonsaturating``.
-        crop_sizes: region crop sides for the cascaded losses, e.g. ``{"face": 256, "lips": 128}``.
-        equivariance_warp: ``RandomTPS`` options (sigma_affine, sigma_tps, points_tps).
+        optimizer_d: partial optimiser for the discriminators (unused without discriminators).
+        scheduler_g: partial LR scheduler for ``optimizer_g`` (stepped every iteration), or None.
+        scheduler_d: partial LR scheduler for ``optimizer_d``, or None.
         d_start_step: generator step from which the GAN terms and discriminator updates run.
         grad_clip_g: max global grad norm for the generator (None: no clipping, norm still logged).
         grad_clip_d: same for the discriminators.
@@ -145,7 +96,7 @@ class Stage1Module(L.LightningModule):
         max_nonfinite: stop with an error after this many consecutive non-finite losses or gradients.
         image_every: log an image grid every N generator steps (0: never).
         num_images: rows in the grids.
-        init_weights: fine-tune start: our model file, a Lightning .ckpt or an official release folder.
+        init_weights: fine-tune start: our model file, a Lightning .ckpt or an official release folder (or None).
         channels_last: channels_last memory format for F, M, W, G and the discriminators (``to_channels_last``).
         compile: ``torch.compile`` networks in place: True = F, M, W, G and the discriminators, or a list of names
             from ``COMPILABLE`` (e.g. ``[warping_module, spade_generator]``); False = none.
@@ -156,57 +107,33 @@ class Stage1Module(L.LightningModule):
     def __init__(
         self,
         model: LivePortrait,
+        loss: Stage1Loss,
         discriminators: Mapping[str, nn.Module],
-        perceptual: CascadedPerceptualLoss,
-        identity: FaceIdentityLoss | None,
-        head_pose: HeadPoseLoss,
-        pose_teacher: PoseTeacher | None,
-        equivariance: EquivarianceLoss,
-        keypoint_prior: KeypointPriorLoss,
-        deformation: DeformationPriorLoss,
-        guide: LandmarkGuideLoss,
-        loss_weights: Mapping[str, float],
         optimizer_g: Callable[..., torch.optim.Optimizer],
         optimizer_d: Callable[..., torch.optim.Optimizer],
-        scheduler_g: Callable[..., Any] | None = None,
-        scheduler_d: Callable[..., Any] | None = None,
-        gan_loss: str = "hinge",
-        crop_sizes: Mapping[str, int] | None = None,
-        equivariance_warp: Mapping[str, float] | None = None,
-        d_start_step: int = 0,
-        grad_clip_g: float | None = None,
-        grad_clip_d: float | None = None,
-        ema_decay: float | None = None,
-        max_nonfinite: int = 10,
-        image_every: int = 500,
-        num_images: int = 4,
-        init_weights: str | None = None,
-        channels_last: bool = False,
-        compile: bool | Sequence[str] = False,
-        compile_backend: str = "inductor",
+        scheduler_g: Callable[..., Any] | None,
+        scheduler_d: Callable[..., Any] | None,
+        d_start_step: int,
+        grad_clip_g: float | None,
+        grad_clip_d: float | None,
+        ema_decay: float | None,
+        max_nonfinite: int,
+        image_every: int,
+        num_images: int,
+        init_weights: str | None,
+        channels_last: bool,
+        compile: bool | Sequence[str],
+        compile_backend: str,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=list(INJECTED))
         self.automatic_optimization = False
         self.model = model
-        unknown = set(discriminators) - set(DISCRIMINATOR_REGION)
-        if unknown:
-            raise ValueError(f"unknown discriminators {sorted(unknown)}; expected keys of {list(DISCRIMINATOR_REGION)}")
+        self.loss = loss
         self.discriminators = nn.ModuleDict(dict(discriminators))
-        self.perceptual = perceptual
-        self.identity = identity
-        self.head_pose = head_pose
-        self.pose_teacher = pose_teacher
-        self.equivariance = equivariance
-        self.keypoint_prior = keypoint_prior
-        self.deformation = deformation
-        self.guide = guide
-        self.loss_weights = self._check_weights(loss_weights)
+        self.loss.bind(self.discriminators)
         self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
         self.scheduler_g, self.scheduler_d = scheduler_g, scheduler_d
-        self.gan_loss = gan_loss
-        self.crop_sizes = dict(crop_sizes or {"face": 256, "lips": 128})
-        self.equivariance_warp = dict(equivariance_warp or {})
         self.d_start_step, self.grad_clip_g, self.grad_clip_d = d_start_step, grad_clip_g, grad_clip_d
         self.guard = NonFiniteGuard(max_nonfinite)
         self.image_every, self.num_images = image_every, num_images
@@ -221,17 +148,6 @@ class Stage1Module(L.LightningModule):
         self.val_l1, self.val_l1_copy, self.val_l1_hr = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
         self._logs: dict[str, Any] = {}  # this step's scalars, logged once at the end of training_step
-
-    def _check_weights(self, weights: Mapping[str, float]) -> dict[str, float]:
-        known = set(generator_terms(self.discriminators)) | {f"d_{d}" for d in self.discriminators}
-        # a zero weight switches a term off, also one of a discriminator this run does not have (stage1_cpu)
-        unknown = {k for k, v in weights.items() if k not in known and float(v) != 0.0}
-        if unknown:
-            raise ValueError(f"unknown loss weights {sorted(unknown)}; known terms: {sorted(known)}")
-        out = {k: float(weights.get(k, 0.0)) for k in sorted(known)}
-        if out["identity"] and self.identity is None:
-            raise ValueError("loss weight 'identity' > 0 but no identity loss (ArcFace) is configured")
-        return out
 
     # ----------------------------------------------------------------------------------------------- setup
     def generator_parameters(self) -> list[nn.Parameter]:
@@ -264,85 +180,27 @@ class Stage1Module(L.LightningModule):
                      list(self.compile_names), self.hparams.compile_backend)  # fmt: skip
 
     def on_fit_start(self) -> None:
-        uncalibrated = [
-            info.name
-            for info in (
-                getattr(self.perceptual.perceptual.features, "info", None),
-                getattr(getattr(self.identity, "embedder", None), "weights_info", None),
-                getattr(self.pose_teacher, "info", None),
-            )
-            if info is not None and not info.calibrated
-        ]
+        uncalibrated = self.loss.uncalibrated()
         if uncalibrated:
             log.warning("!" * 80)
             log.warning(
                 "stage 1 uses RANDOM weights for %s: loss values are uncalibrated (tests/demo only)", uncalibrated
             )
             log.warning("!" * 80)
-        log.info(
-            "stage 1 head-pose targets: %s", "pose teacher" if self.pose_teacher is not None else "landmark labels"
-        )
-
-    # ----------------------------------------------------------------------------------------------- losses
-    def _gan_inputs(self, name: str, pred: torch.Tensor, target: torch.Tensor, boxes: torch.Tensor):
-        region = DISCRIMINATOR_REGION[name]
-        if region is None:
-            return pred, target
-        size = self.crop_sizes[region]
-        return region_crop(pred, boxes, region, size), region_crop(target, boxes, region, size)
-
-    def _pose_targets(self, batch: Mapping[str, torch.Tensor], side: str) -> torch.Tensor:
-        if self.pose_teacher is not None:
-            return self.pose_teacher(batch[f"{side}_hr"], batch[f"{side}_boxes"][:, 0])
-        return batch[f"{side}_pose"]
-
-    def _generator_losses(self, batch: Mapping[str, torch.Tensor], out: dict, gan_on: bool) -> dict[str, torch.Tensor]:
-        w = self.loss_weights
-        pred, target, boxes = out["image"], batch["driving_hr"], batch["driving_boxes"]
-        terms: dict[str, torch.Tensor] = {}
-        if any(w[f"perceptual_{r}"] for r in ("full", "face", "lips")):
-            terms.update({f"perceptual_{k}": v for k, v in self.perceptual(pred, target, boxes).items()})
-        for name, disc in self.discriminators.items() if gan_on else ():
-            fake_in, real_in = self._gan_inputs(name, pred, target, boxes)
-            fake_out = disc(fake_in)
-            terms[f"gan_{name}"] = generator_loss(fake_out, self.gan_loss)
-            if w[f"fm_{name}"]:
-                with torch.no_grad():
-                    real_out = disc(real_in)
-                terms[f"fm_{name}"] = feature_matching_loss(real_out, fake_out)
-        x_s, x_d = out["x_s"], out["x_d"]
-        if w["equivariance"]:
-            warp = RandomTPS(pred.shape[0], device=pred.device, **self.equivariance_warp)
-            kp_warped = keypoints_from_motion(self.model.motion(warp.transform_frame(batch["driving"])))
-            terms["equivariance"] = self.equivariance(keypoints_from_motion(out["drv"]), kp_warped, warp)
-        if w["keypoint_prior"]:
-            terms["keypoint_prior"] = (self.keypoint_prior(x_s) + self.keypoint_prior(x_d)) / 2
-        if w["head_pose"]:
-            src_t, drv_t = self._pose_targets(batch, "source"), self._pose_targets(batch, "driving")
-            terms["head_pose"] = (self.head_pose(out["src"], src_t) + self.head_pose(out["drv"], drv_t)) / 2
-        if w["deformation"]:
-            terms["deformation"] = self.deformation(out["src"].exp, out["drv"].exp)
-        if w["identity"]:
-            terms["identity"] = self.identity(pred, target, boxes[:, 0])
-        if w["l1"]:
-            terms["l1"] = pixel_l1(pred, target)
-        if w["guide"]:
-            terms["guide"] = (
-                self.guide(x_s, batch["source_landmarks"]) + self.guide(x_d, batch["driving_landmarks"])
-            ) / 2
-        return terms
+        teacher = "pose teacher" if self.loss.pose_teacher is not None else "landmark labels"
+        log.info("stage 1 head-pose targets: %s", teacher)
 
     # ----------------------------------------------------------------------------------------------- phases
     def _generator_step(self, batch: Mapping[str, torch.Tensor]) -> dict | None:
         """Forward F, M, W, G, compute the generator terms, one optimiser step. Returns the forward outputs, or
         None when the step was skipped (non-finite loss)."""
         opt_g = self._optimizers()[0]
-        gan_on = self.global_step >= self.d_start_step and len(self.discriminators) > 0
+        gan_on = self.global_step >= self.d_start_step
         with self.toggled_optimizer(opt_g):
             with torch.profiler.record_function("g_forward"):
                 out = self.model(batch["source"], batch["driving"])
-                terms = self._generator_losses(batch, out, gan_on)
-                total = sum(self.loss_weights[k] * v for k, v in terms.items())
+                terms = self.loss.generator_losses(self.model, batch, out, self.discriminators if gan_on else {})
+                total = self.loss.total(terms)
             if not self._finite(total, "generator"):
                 return None
             opt_g.zero_grad(set_to_none=True)
@@ -359,15 +217,9 @@ class Stage1Module(L.LightningModule):
         opt_d = self._optimizers()[1]
         target, boxes = batch["driving_hr"], batch["driving_boxes"]
         with self.toggled_optimizer(opt_d):
-            terms, scores = {}, {}
             with torch.profiler.record_function("d_forward"):
-                for name, disc in self.discriminators.items():
-                    fake_in, real_in = self._gan_inputs(name, pred.detach(), target, boxes)
-                    real_out, fake_out = disc(real_in), disc(fake_in)
-                    terms[name] = discriminator_loss(real_out, fake_out, self.gan_loss)
-                    scores[f"train/d/real_{name}"] = mean_logit(real_out)
-                    scores[f"train/d/fake_{name}"] = mean_logit(fake_out)
-                total = sum(self.loss_weights[f"d_{k}"] * v for k, v in terms.items())
+                terms, scores = self.loss.discriminator_losses(self.discriminators, pred.detach(), target, boxes)
+                total = self.loss.total(terms, prefix="d_")
             if not self._finite(total, "discriminator"):
                 return
             opt_d.zero_grad(set_to_none=True)
@@ -376,7 +228,7 @@ class Stage1Module(L.LightningModule):
             # stepped through the strategy (precision plugin, hooks, clipping) without advancing global_step
             self.trainer.strategy.optimizer_step(opt_d.optimizer, closure=lambda: None, model=self)
         self._logs.update({f"train/d/{k}": v.detach() for k, v in terms.items()} | {"train/d/total": total.detach()})
-        self._logs.update(scores)
+        self._logs.update({f"train/d/{k}": v for k, v in scores.items()})
 
     def _finite(self, loss: torch.Tensor, phase: str) -> bool:
         """All ranks agree whether ``loss`` is finite; a non-finite one is skipped and counted by the guard."""
@@ -466,6 +318,8 @@ class Stage1Module(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         sd = checkpoint["state_dict"]
+        for k in [k for k in sd if k.split(".", 1)[0] in _LEGACY_LOSS_CHILDREN]:
+            sd[f"loss.{k}"] = sd.pop(k)  # a checkpoint from before Stage1Loss: the loss's children moved under loss.
         for k, v in self.state_dict().items():
             if k.startswith(FROZEN_PREFIXES):
                 sd.setdefault(k, v)

@@ -1,6 +1,6 @@
 """Stage-1 loss terms of LivePortrait (paper Sec. 3.1-3.2), each a small pure function or nn.Module returning a
-scalar (or a dict of named scalars for the cascaded terms). The LightningModule combines them with configured
-weights; no loss owns a trained network or sees the trainer (frozen feature extractors are injected)."""
+scalar (or a dict of named scalars for the cascaded terms), and ``Stage1Loss``, the objective that combines them with
+their weights. No loss owns a trained network or sees the trainer (frozen feature extractors are injected)."""
 
 from lp_train.losses.equivariance import EquivarianceLoss, RandomTPS
 from lp_train.losses.gan import discriminator_loss, feature_matching_loss, generator_loss
@@ -11,8 +11,10 @@ from lp_train.losses.perceptual import CascadedPerceptualLoss, MultiScalePercept
 from lp_train.losses.pixel import pixel_l1
 from lp_train.losses.priors import DeformationPriorLoss, KeypointPriorLoss
 from lp_train.losses.regions import crop_boxes, region_crop
+from lp_train.losses.stage1 import DISCRIMINATOR_REGION, Stage1Loss, generator_terms
 
 __all__ = [
+    "DISCRIMINATOR_REGION",
     "CascadedPerceptualLoss",
     "DeformationPriorLoss",
     "EquivarianceLoss",
@@ -23,6 +25,7 @@ __all__ = [
     "MultiScalePerceptualLoss",
     "PoseTeacher",
     "RandomTPS",
+    "Stage1Loss",
     "VGG19Features",
     "arcface",
     "cosine_distance",
@@ -30,6 +33,7 @@ __all__ = [
     "discriminator_loss",
     "feature_matching_loss",
     "generator_loss",
+    "generator_terms",
     "pixel_l1",
     "region_crop",
     "wing",
