@@ -119,6 +119,10 @@ def run(quick: bool = False) -> list[dict]:
             shuffle_buffer=64,
             shuffle_initial=16,
             p_image=0.2,
+            max_gap=0,
+            cross_identity_prob=0.0,
+            pool_size=16,
+            seed=0,
         )
         ours = _rate(build_train_pipeline(cfg), n)
         base_ds = PngFolderPairs(png_root)

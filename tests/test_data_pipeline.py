@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
+from train_helpers import data_settings
 
 from data_prep import shard_format as sf
 from lp_train.data import (
@@ -33,8 +34,15 @@ def _metas(shards) -> dict[str, sf.SampleMeta]:
     }
 
 
+def _settings(**kw) -> dict:
+    """conf/data/shards.yaml at test size: one pair per chunk, no worker processes, no pinning."""
+    small = dict(size=S, num_workers=0, val_num_workers=0, pairs_per_sample=1, shuffle_buffer=8, pool_size=4)
+    return data_settings("shards", **small, pin_memory=False, **kw)
+
+
 def _cfg(shards, **kw) -> LoaderConfig:
-    base = dict(size=S, batch_size=4, epoch_batches=6, shuffle_buffer=16, shuffle_initial=4, pool_size=4)
+    base = dict(size=S, batch_size=4, epoch_batches=6, shuffle_buffer=16, shuffle_initial=4, pool_size=4, p_image=0.2,
+                max_gap=0, cross_identity_prob=0.0, pairs_per_sample=1, seed=0)  # fmt: skip
     return LoaderConfig([str(p) for p in shards], **{**base, **kw})
 
 
@@ -157,10 +165,12 @@ def test_bad_samples_are_skipped_and_counted(lp_data_face_shards, tmp_path):
 
 
 def test_missing_shards_fail_at_setup(tmp_path, lp_data_synthetic_shards):
-    dm = LivePortraitDataModule(train_shards=str(tmp_path / "nope-{000000..000003}.tar"), size=S, num_workers=0)
+    dm = LivePortraitDataModule(**_settings(train_shards=str(tmp_path / "nope-{000000..000003}.tar")))
     with pytest.raises(FileNotFoundError, match="nope-000000.tar"):
         dm.setup("fit")
-    dm = LivePortraitDataModule(train_shards=[str(p) for p in lp_data_synthetic_shards] + [str(tmp_path / "x*.tar")])
+    dm = LivePortraitDataModule(
+        **_settings(train_shards=[str(p) for p in lp_data_synthetic_shards] + [str(tmp_path / "x*.tar")])
+    )
     with pytest.raises(FileNotFoundError, match="matches no file"):
         dm.setup("fit")
 
@@ -169,14 +179,7 @@ def test_datamodule_on_synthetic_shards(lp_data_synthetic_shards):
     """The same loader with no real data at all (``conf/data/tiny.yaml`` uses such shards in the demo)."""
     shards = "::".join(str(p) for p in lp_data_synthetic_shards)
     dm = LivePortraitDataModule(
-        train_shards=shards,
-        val_shards=shards,
-        size=S,
-        batch_size=3,
-        num_workers=0,
-        train_batches_per_epoch=3,
-        shuffle_buffer=8,
-        pool_size=4,
+        **_settings(train_shards=shards, val_shards=shards, batch_size=3, train_batches_per_epoch=3)
     )
     dm.setup("fit")
     train, val = list(dm.train_dataloader()), list(dm.val_dataloader())
@@ -209,15 +212,7 @@ def test_trainer_gets_contract_batches_and_logs_data_stats(lp_data_synthetic_sha
     from lp_train.data import LogDataStats
 
     shards = [str(p) for p in lp_data_synthetic_shards]
-    dm = LivePortraitDataModule(
-        train_shards=shards,
-        size=S,
-        batch_size=2,
-        num_workers=0,
-        train_batches_per_epoch=3,
-        shuffle_buffer=8,
-        pool_size=4,
-    )
+    dm = LivePortraitDataModule(**_settings(train_shards=shards, batch_size=2, train_batches_per_epoch=3))
     module = _Module()
     trainer = L.Trainer(
         accelerator="cpu",

@@ -9,6 +9,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from train_helpers import data_settings
 
 from lp_train import landmarks as lm
 from lp_train.data import SyntheticDataModule, SyntheticPairs, check_batch, finalize_batch
@@ -56,7 +57,7 @@ def test_pixels_agree_with_landmarks():
 
 
 def test_datamodule_batches():
-    dm = SyntheticDataModule(size=32, batch_size=4, train_length=8, val_length=4)
+    dm = SyntheticDataModule(**data_settings("synthetic", size=32, batch_size=4, train_length=8, val_length=4))
     train, val = list(dm.train_dataloader()), list(dm.val_dataloader())
     assert len(train) == 2 and len(val) == 1
     for b in train + val:

@@ -8,6 +8,7 @@ import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader
+from train_helpers import module_settings
 
 from lp_train import landmarks as lm
 from lp_train.data.synthetic import SyntheticPairs
@@ -94,7 +95,8 @@ def test_distillation_learns_on_synthetic_faces(pairs, tmp_path):
     """The distillation step through Lightning: the loss falls, held-out faces beat the mean shape, the student is
     exported and plugs in through the weights registry (``weights.landmark``)."""
     torch.manual_seed(0)
-    module = LandmarkModule(small(), functools.partial(torch.optim.Adam, lr=3e-3), export_path=str(tmp_path / "l.pt"))
+    settings = module_settings("landmark", loss_weights={"ratios": 0.1}, export_path=str(tmp_path / "l.pt"))
+    module = LandmarkModule(small(), functools.partial(torch.optim.Adam, lr=3e-3), **settings)
     losses = []
 
     class Record(L.Callback):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.utils.data import DataLoader
+from train_helpers import data_settings
 
 from lp_train.data import LoaderConfig, build_train_pipeline, build_val_pipeline, finalize_batch
 
@@ -18,7 +19,8 @@ TENSORS = ("source", "driving_hr", "driving_landmarks", "source_masks", "driving
 
 
 def _cfg(shards, **kw) -> LoaderConfig:
-    base = dict(size=S, batch_size=2, epoch_batches=3, shuffle_buffer=8, shuffle_initial=2, pool_size=4, p_image=0.3)
+    base = dict(size=S, batch_size=2, epoch_batches=3, shuffle_buffer=8, shuffle_initial=2, pool_size=4, p_image=0.3,
+                max_gap=0, cross_identity_prob=0.0, pairs_per_sample=1, seed=0)  # fmt: skip
     return LoaderConfig([str(p) for p in shards], **{**base, **kw})
 
 
@@ -135,17 +137,10 @@ def test_lightning_ddp_two_ranks_uneven_shards(lp_data_synthetic_shards, tmp_pat
     from lp_train.data import LivePortraitDataModule
 
     shards = "::".join(str(p) for p in lp_data_synthetic_shards)
-    dm = LivePortraitDataModule(
-        train_shards=shards,
-        val_shards=shards,
-        size=S,
-        batch_size=2,
-        num_workers=1,
-        val_num_workers=1,
-        train_batches_per_epoch=3,
-        shuffle_buffer=8,
-        pool_size=4,
-    )
+    dm = LivePortraitDataModule(**data_settings(
+        "shards", train_shards=shards, val_shards=shards, size=S, batch_size=2, num_workers=1, val_num_workers=1,
+        train_batches_per_epoch=3, pairs_per_sample=1, shuffle_buffer=8, pool_size=4, pin_memory=False,
+    ))  # fmt: skip
     trainer = L.Trainer(
         accelerator="cpu",
         devices=2,

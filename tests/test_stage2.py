@@ -9,6 +9,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from train_helpers import module_settings
 
 from lp_train import landmarks as lm
 from lp_train.checkpoint import save_model
@@ -67,10 +68,17 @@ class BrightnessLandmarks(torch.nn.Module):
         return mesh
 
 
+def stage2(model, optimizer, landmark_model, **kw) -> Stage2Module:
+    """A Stage2Module with conf/module/stage2.yaml's settings (random landmark weights, no base) and ``kw``."""
+    kw = {"base_checkpoint": None, "landmark_weights": "random", **kw}
+    return Stage2Module(model, optimizer, landmark_model, **module_settings("stage2", **kw))
+
+
 def make_module(heads=("stitching", "eye", "lip"), lr: float = 1e-3, landmarks=None, **kw) -> Stage2Module:
     torch.manual_seed(0)
     lmk = tiny_landmarks() if landmarks is None else landmarks
-    return Stage2Module(tiny_model(), functools.partial(torch.optim.Adam, lr=lr), lmk, heads=heads, **kw)
+    kw.setdefault("batch_cross_identity_prob", 0.5)  # these tests exercise the in-batch cross-identity driving
+    return stage2(tiny_model(), functools.partial(torch.optim.Adam, lr=lr), lmk, heads=heads, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -184,16 +192,16 @@ def test_one_head_at_a_time(batch):
     loss.backward()
     assert all(p.grad is None for n in ("stitching", "lip") for p in mod.head(n).parameters())
     with pytest.raises(ValueError, match="landmark_model"):
-        Stage2Module(tiny_model(), functools.partial(torch.optim.Adam), None, heads=["lip"])
+        stage2(tiny_model(), functools.partial(torch.optim.Adam), None, heads=["lip"])
     with pytest.raises(ValueError, match="heads"):
-        Stage2Module(tiny_model(), functools.partial(torch.optim.Adam), None, heads=["shoulders"])
-    Stage2Module(tiny_model(), functools.partial(torch.optim.Adam), None, heads=["stitching"])  # no landmarks needed
+        stage2(tiny_model(), functools.partial(torch.optim.Adam), None, heads=["shoulders"])
+    stage2(tiny_model(), functools.partial(torch.optim.Adam), None, heads=["stitching"])  # no landmarks needed
 
 
 def test_base_checkpoint_loads_base_and_keeps_heads_at_zero(tmp_path, batch):
     base = tiny_model()
     save_model(base, tmp_path / "base.pt")
-    mod = Stage2Module(tiny_model(), functools.partial(torch.optim.Adam), tiny_landmarks(),
+    mod = stage2(tiny_model(), functools.partial(torch.optim.Adam), tiny_landmarks(),
                        base_checkpoint=str(tmp_path / "base.pt"))  # fmt: skip
     for k, v in base.state_dict().items():
         if not k.startswith("stitching_retargeting_module."):

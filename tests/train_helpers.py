@@ -55,3 +55,31 @@ class ProbeRankState(L.Callback):
         state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
         torch.save({"state": state, "start": self.start, "losses": self.losses, "world_size": trainer.world_size,
                     "step": trainer.global_step}, self.out_dir / f"rank{trainer.global_rank}.pt")  # fmt: skip
+
+
+def module_settings(name: str, **overrides) -> dict:
+    """The literal settings of ``conf/module/<name>.yaml`` (its one home; the module classes keep no defaults),
+    without Hydra keys and interpolated (injected) entries, updated with ``overrides``. ``loss_weights`` overrides
+    are merged into the configured weights."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(CONF / "module" / f"{name}.yaml")
+    out = {
+        k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+        for k, v in node.items_ex(resolve=False)
+        if not str(k).startswith("_") and not (isinstance(v, str) and "${" in v) and not OmegaConf.is_missing(node, k)
+    }
+    out = {k: v for k, v in out.items() if not (isinstance(v, dict) and "_target_" in v)}  # optimiser etc.: injected
+    if "loss_weights" in overrides:
+        overrides["loss_weights"] = {**out.get("loss_weights", {}), **overrides["loss_weights"]}
+    return {**out, **overrides}
+
+
+def data_settings(name: str, **overrides) -> dict:
+    """The settings of ``conf/data/<name>.yaml`` (the data modules keep no defaults), without Hydra keys, updated
+    with ``overrides``: for tests that build a data module directly."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(CONF / "data" / f"{name}.yaml")
+    out = {k: v for k, v in OmegaConf.to_container(node).items() if not str(k).startswith("_") and k != "defaults"}
+    return {**out, **overrides}

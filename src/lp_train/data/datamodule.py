@@ -37,28 +37,29 @@ class LivePortraitDataModule(L.LightningDataModule):
     The loaders yield compact uint8 batches; ``on_after_batch_transfer`` finalises them on the device, so a
     LightningModule receives the contract (it must not override ``on_after_batch_transfer`` itself, or must call
     ``lp_train.data.finalize_batch``). Without a trainer, call ``finalize_batch`` on the loader's batches.
+    Every argument is set by ``conf/data/shards.yaml`` (the one home of these values; no defaults here).
     """
 
     def __init__(
         self,
         train_shards: str | list[str],  # paths / globs / brace patterns of training shards ("::" joins several)
-        val_shards: str | list[str] | None = None,  # validation shards (None: no validation loader)
-        size: int = 256,  # network input side S (targets 2S)
-        batch_size: int = 8,  # pairs per batch and rank
-        val_batch_size: int | None = None,  # validation batch size (default: batch_size)
-        num_workers: int = 4,  # loader worker processes per rank
-        val_num_workers: int | None = None,  # validation workers (default: min(num_workers, 2))
-        train_batches_per_epoch: int = 1000,  # batches per rank per training epoch
-        p_image: float = 0.2,  # probability of an image pair (image + warp of itself)
-        max_gap: int = 0,  # max frame distance of a video pair (0: any two frames of the chunk)
-        cross_identity_prob: float = 0.0,  # probability of a cross-identity pair (stage 2)
-        pairs_per_sample: int = 1,  # pairs drawn per read chunk
-        shuffle_buffer: int = 256,  # frame-pair candidates in the shuffle buffer
-        pool_size: int = 16,  # candidates per kind for image/video mixing and cross-identity partners
-        seed: int = 0,  # base seed of all loader randomness
-        augment: AugmentConfig | dict | None = None,  # flip / colour jitter / image-pair warp options
-        persistent_workers: bool = True,  # keep workers between epochs (their epoch counter advances the seeds)
-        pin_memory: bool = False,  # pin batches (set True on GPU machines)
+        val_shards: str | list[str] | None,  # validation shards (None: no validation loader)
+        size: int,  # network input side S (targets 2S)
+        batch_size: int,  # pairs per batch and rank
+        val_batch_size: int | None,  # validation batch size (default: batch_size)
+        num_workers: int,  # loader worker processes per rank
+        val_num_workers: int | None,  # validation workers (default: min(num_workers, 2))
+        train_batches_per_epoch: int,  # batches per rank per training epoch
+        p_image: float,  # probability of an image pair (image + warp of itself)
+        max_gap: int,  # max frame distance of a video pair (0: any two frames of the chunk)
+        cross_identity_prob: float,  # probability of a cross-identity pair (stage 2)
+        pairs_per_sample: int,  # pairs drawn per read chunk
+        shuffle_buffer: int,  # frame-pair candidates in the shuffle buffer
+        pool_size: int,  # candidates per kind for image/video mixing and cross-identity partners
+        seed: int,  # base seed of all loader randomness
+        augment: AugmentConfig | dict | None,  # flip / colour jitter / image-pair warp options
+        persistent_workers: bool,  # keep workers between epochs (their epoch counter advances the seeds)
+        pin_memory: bool,  # pin batches (set True on GPU machines)
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -82,8 +83,11 @@ class LivePortraitDataModule(L.LightningDataModule):
             epoch_batches=per_worker,
             **common,
         )
+        val_only = dict(shuffle_buffer=0, shuffle_initial=0, epoch_batches=0)  # unused by the ordered validation pass
         self.val_cfg = (
-            None if val_shards is None else LoaderConfig(val_shards, batch_size=val_batch_size or batch_size, **common)
+            None
+            if val_shards is None
+            else LoaderConfig(val_shards, batch_size=val_batch_size or batch_size, **val_only, **common)
         )
         self.num_workers, self.persistent_workers, self.pin_memory = num_workers, persistent_workers, pin_memory
         self.val_num_workers = min(num_workers, 2) if val_num_workers is None else val_num_workers
@@ -143,20 +147,21 @@ class LivePortraitDataModule(L.LightningDataModule):
 
 
 class SyntheticDataModule(L.LightningDataModule):
-    """Synthetic face pairs (``SyntheticPairs``) with the same batch contract, for CPU smoke tests."""
+    """Synthetic face pairs (``SyntheticPairs``) with the same batch contract, for CPU smoke tests. Every argument is
+    set by ``conf/data/synthetic.yaml`` (no defaults here)."""
 
     def __init__(
         self,
-        size: int = 64,  # network input side S (targets 2S)
-        batch_size: int = 4,  # pairs per batch
-        num_workers: int = 0,  # loader worker processes
-        train_length: int = 64,  # training pairs per epoch
-        val_length: int = 16,  # validation pairs
-        num_identities: int = 16,  # distinct synthetic faces
-        p_image: float = 0.3,  # probability of an image pair
-        cross_identity_prob: float = 0.0,  # probability of a cross-identity pair (stage 2)
-        seed: int = 0,  # base seed (validation uses seed + 1)
-        augment: AugmentConfig | dict | None = None,  # flip / colour jitter / image-pair warp options
+        size: int,  # network input side S (targets 2S)
+        batch_size: int,  # pairs per batch
+        num_workers: int,  # loader worker processes
+        train_length: int,  # training pairs per epoch
+        val_length: int,  # validation pairs
+        num_identities: int,  # distinct synthetic faces
+        p_image: float,  # probability of an image pair
+        cross_identity_prob: float,  # probability of a cross-identity pair (stage 2)
+        seed: int,  # base seed (validation uses seed + 1)
+        augment: AugmentConfig | dict | None,  # flip / colour jitter / image-pair warp options
     ) -> None:
         super().__init__()
         self.save_hyperparameters()

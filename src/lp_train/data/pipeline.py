@@ -27,20 +27,21 @@ from lp_train.data.batch import collate_compact
 
 @dataclass
 class LoaderConfig:
-    """Options of one split's pipeline (``conf/data/*.yaml``)."""
+    """Options of one split's pipeline, built by the data modules from ``conf/data/*.yaml`` (the one home of their
+    values; no defaults here). ``augment`` holds ``AugmentConfig``'s fields, whose defaults are augmentation's home."""
 
     shards: str | list[str]  # shard paths, globs or brace patterns ("a-{000000..000099}.tar"); "::" separates several
-    size: int = 256  # network input side S; targets are 2S
-    batch_size: int = 8  # pairs per batch (per rank)
-    p_image: float = 0.2  # probability of an image pair when both kinds are available (train)
-    max_gap: int = 0  # max frame distance between source and driving of a video pair (0: any two frames)
-    cross_identity_prob: float = 0.0  # probability of a cross-identity pair (stage 2)
-    pairs_per_sample: int = 1  # pairs drawn from one chunk before the shuffle (amortises reading 64-frame chunks)
-    shuffle_buffer: int = 256  # frame-pair candidates in the shuffle buffer (train)
-    shuffle_initial: int = 64  # candidates buffered before the first one leaves (train)
-    pool_size: int = 16  # candidates per kind waiting for image/video mixing and cross-identity partners
-    epoch_batches: int = 1000  # batches per loader worker and epoch (train, ``with_epoch``)
-    seed: int = 0  # base seed; streams are seeded by (seed, epoch, rank, worker, stage)
+    size: int  # network input side S; targets are 2S
+    batch_size: int  # pairs per batch (per rank)
+    p_image: float  # probability of an image pair when both kinds are available (train)
+    max_gap: int  # max frame distance between source and driving of a video pair (0: any two frames)
+    cross_identity_prob: float  # probability of a cross-identity pair (stage 2)
+    pairs_per_sample: int  # pairs drawn from one chunk before the shuffle (amortises reading 64-frame chunks)
+    shuffle_buffer: int  # frame-pair candidates in the shuffle buffer (train)
+    shuffle_initial: int  # candidates buffered before the first one leaves (train)
+    pool_size: int  # candidates per kind waiting for image/video mixing and cross-identity partners
+    epoch_batches: int  # batches per loader worker and epoch (train, ``with_epoch``)
+    seed: int  # base seed; streams are seeded by (seed, epoch, rank, worker, stage)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:

@@ -27,7 +27,7 @@ from lp_train.landmarks import LEFT_EYE_CORNERS, RIGHT_EYE_CORNERS, eye_open_rat
 from lp_train.models.landmark_regressor import LandmarkRegressor, heatmap_loss, scatter_to_mesh, soft_argmax
 
 log = logging.getLogger(__name__)
-DEFAULT_WEIGHTS = {"points": 1.0, "heatmap": 0.01, "ratios": 0.1}
+LOSS_TERMS = ("points", "heatmap", "ratios")
 
 
 def landmark_examples(batch: Mapping[str, torch.Tensor], indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,9 +56,9 @@ class LandmarkModule(L.LightningModule):
         net: the student regressor.
         optimizer: partial optimiser (``_partial_: true``).
         scheduler: optional partial LR scheduler (stepped per step).
-        loss_weights: weights of the terms ``points`` (L1 of normalised coordinates, default 1), ``heatmap``
-            (cross-entropy against a Gaussian at the teacher point, default 0.01) and ``ratios`` (L1 of the eye/lip
-            ratios, default 0.1).
+        loss_weights: weights of the terms ``points`` (L1 of normalised coordinates), ``heatmap`` (cross-entropy
+            against a Gaussian at the teacher point) and ``ratios`` (L1 of the eye/lip ratios); values in
+            ``conf/module/landmark.yaml``, the one home of this module's settings (the code keeps no defaults).
         heatmap_sigma: Gaussian width of the heatmap targets, in heatmap pixels.
         export_path: where the trained state dict is written at the end of ``fit`` (null: not exported).
     """
@@ -67,18 +67,18 @@ class LandmarkModule(L.LightningModule):
         self,
         net: LandmarkRegressor,
         optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
-        scheduler: Callable[[torch.optim.Optimizer], object] | None = None,
-        loss_weights: Mapping[str, float] | None = None,
-        heatmap_sigma: float = 1.0,
-        export_path: str | None = None,
+        scheduler: Callable[[torch.optim.Optimizer], object] | None,
+        loss_weights: Mapping[str, float],
+        heatmap_sigma: float,
+        export_path: str | None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
         self.net = net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.loss_weights = {**DEFAULT_WEIGHTS, **(loss_weights or {})}
-        if set(self.loss_weights) != set(DEFAULT_WEIGHTS):
-            raise ValueError(f"loss_weights keys must be {sorted(DEFAULT_WEIGHTS)}, got {sorted(self.loss_weights)}")
+        if set(loss_weights) != set(LOSS_TERMS):
+            raise ValueError(f"loss_weights must weigh exactly {sorted(LOSS_TERMS)}, got {sorted(loss_weights)}")
+        self.loss_weights = {k: float(v) for k, v in loss_weights.items()}
         self.heatmap_sigma = heatmap_sigma
         self.export_path = export_path
         # mean teacher shape of the first training batch: the baseline the validation metrics are compared with

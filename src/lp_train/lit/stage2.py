@@ -41,16 +41,15 @@ log = logging.getLogger(__name__)
 HEADS = ("stitching", "eye", "lip")
 BASE_NETS = ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator")
 HEAD_PREFIX = "stitching_retargeting_module."
-DEFAULT_LOSS_WEIGHTS = {
-    "stitching_region": 1.0,
-    "stitching_delta": 0.1,
-    "eye_condition": 1.0,
-    "eye_region": 1.0,
-    "eye_delta": 0.1,
-    "lip_condition": 1.0,
-    "lip_region": 1.0,
-    "lip_delta": 0.1,
-}
+LOSS_TERMS = tuple(
+    f"{head}_{term}"
+    for head, terms in (
+        ("stitching", ("region", "delta")),
+        ("eye", ("condition", "region", "delta")),
+        ("lip", ("condition", "region", "delta")),
+    )
+    for term in terms
+)
 
 
 def masked_l1(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -95,6 +94,7 @@ class Stage2Module(L.LightningModule):
     """Trains S / R_eyes / R_lip on a frozen LivePortrait (automatic optimisation).
 
     Args:
+        (Every argument is set by ``conf/module/stage2.yaml``; the code keeps no defaults of its own.)
         model: LivePortrait with ``stitching_retargeting_module``.
         optimizer: partial optimiser (``_partial_: true``), called with the trained heads' parameters.
         landmark_model: differentiable landmark network (protocol in ``lp_train.models.landmark_regressor``);
@@ -105,7 +105,7 @@ class Stage2Module(L.LightningModule):
         checkpoint_prefix: key prefix inside a Lightning checkpoint (default ``model.``).
         heads_from_checkpoint: also load S / R from ``base_checkpoint`` (fine-tuning); else they start at Δ = 0.
         landmark_weights: ``weights.landmark`` value: a local file for ``landmark_model`` or ``random``.
-        loss_weights: overrides of ``DEFAULT_LOSS_WEIGHTS``.
+        loss_weights: a weight for every term of ``LOSS_TERMS`` (values: ``conf/module/stage2.yaml``).
         eye_range: range of the sampled target eye-open ratio.
         lip_range: range of the sampled target lip-open ratio.
         batch_cross_identity_prob: chance that a stitching sample is driven by another sample of the batch.
@@ -117,19 +117,19 @@ class Stage2Module(L.LightningModule):
         self,
         model: LivePortrait,
         optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
-        landmark_model: nn.Module | None = None,
-        scheduler: Callable[[torch.optim.Optimizer], object] | None = None,
-        heads: Sequence[str] = HEADS,
-        base_checkpoint: str | None = None,
-        checkpoint_prefix: str | None = None,
-        heads_from_checkpoint: bool = False,
-        landmark_weights: str | None = "random",
-        loss_weights: Mapping[str, float] | None = None,
-        eye_range: Sequence[float] = (0.0, 0.8),
-        lip_range: Sequence[float] = (0.0, 0.8),
-        batch_cross_identity_prob: float = 0.5,
-        image_every: int = 500,
-        grid_ratios: Sequence[float] = (0.0, 0.4, 0.8),
+        landmark_model: nn.Module | None,
+        scheduler: Callable[[torch.optim.Optimizer], object] | None,
+        heads: Sequence[str],
+        base_checkpoint: str | None,
+        checkpoint_prefix: str | None,
+        heads_from_checkpoint: bool,
+        landmark_weights: str | None,
+        loss_weights: Mapping[str, float],
+        eye_range: Sequence[float],
+        lip_range: Sequence[float],
+        batch_cross_identity_prob: float,
+        image_every: int,
+        grid_ratios: Sequence[float],
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["model", "landmark_model", "optimizer", "scheduler"])
@@ -138,10 +138,9 @@ class Stage2Module(L.LightningModule):
             raise ValueError(f"heads must be distinct names from {HEADS}, got {list(heads)}")
         if model.stitching_retargeting_module is None:
             raise ValueError("stage 2 needs a LivePortrait built with stitching_retargeting_module")
-        unknown = set(loss_weights or {}) - set(DEFAULT_LOSS_WEIGHTS)
-        if unknown:
-            raise ValueError(f"unknown loss_weights {sorted(unknown)}; known: {sorted(DEFAULT_LOSS_WEIGHTS)}")
-        self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **(loss_weights or {})}
+        if set(loss_weights) != set(LOSS_TERMS):
+            raise ValueError(f"loss_weights must weigh exactly {sorted(LOSS_TERMS)}, got {sorted(loss_weights)}")
+        self.loss_weights = {k: float(v) for k, v in loss_weights.items()}
         self.model = model
         self.landmark_model = landmark_model
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
