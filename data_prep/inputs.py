@@ -9,7 +9,8 @@ A manifest row has ``path`` (absolute, or relative to the manifest's folder) and
 empty: from the beginning / to the end) with ``unit`` ``s`` (seconds, the default) or ``frames`` (frame indices of the
 source stream at its native rate), or a unit suffix on the value (``12.5s``, ``300f``), and ``clip_id`` (the
 corpus's own name of the clip, kept in the sample metadata). Rows of one file with different ranges are different
-inputs with different sample keys (``InputItem.id`` hashes the path *and* the range). Without an identity, each input file is its own identity (``identity_from="file"``), unless
+inputs with different sample keys (``InputItem.id`` hashes the path *and* the range; a whole-file row keeps the key
+of the file). Without an identity, each input file is its own identity (``identity_from="file"``), unless
 ``identity_from`` names a folder level that holds one person. Inputs listed twice (same resolved path; optionally
 same content) are kept once; the repeats stay in the list, marked ``duplicate_of``, so that the report records them
 with reason ``duplicate``.
@@ -55,14 +56,16 @@ class InputItem:
     start: float | None = None  # range start in ``unit`` (None: the beginning)
     end: float | None = None  # range end in ``unit``, exclusive (None: the end)
     unit: str = "s"  # "s" (seconds) | "frames" (frame indices of the source stream at its native rate)
+    attributes: str = ""  # the manifest's ``attributes`` (JSON object: emotion, view, ...), copied into the samples
 
     @property
     def range_tag(self) -> str:
-        """``""`` for a whole file, else ``#clip_id@start-end unit``: what tells ranges of one file apart."""
-        if self.start is None and self.end is None and not self.clip_id:
+        """``""`` for a whole file, else ``@start-end unit``: what tells ranges of one file apart (two rows with the
+        same range are the same frames, whatever their ``clip_id``)."""
+        if self.start is None and self.end is None:
             return ""
-        fmt = lambda v: "" if v is None else f"{v:g}"  # noqa: E731
-        return f"#{self.clip_id}@{fmt(self.start)}-{fmt(self.end)}{self.unit}"
+        fmt = lambda v: "" if v is None else f"{v:.6g}"  # noqa: E731
+        return f"@{fmt(self.start)}-{fmt(self.end)}{self.unit}"
 
     @property
     def id(self) -> str:
@@ -138,7 +141,9 @@ def parse_range(row: dict, where: str = "") -> dict:
         try:
             values[name] = float(number)
         except ValueError:
-            raise ValueError(f"{where}: {name} must be a number (seconds, or frames with unit=frames), got {raw!r}") from None
+            raise ValueError(
+                f"{where}: {name} must be a number (seconds, or frames with unit=frames), got {raw!r}"
+            ) from None
     unit = unit or "s"
     start, end = values["start"], values["end"]
     if start is not None and start < 0:
@@ -172,7 +177,22 @@ def read_manifest(manifest: str | Path) -> list[dict]:
         row["path"] = str(_resolve(row["path"], manifest.parent))
         row.update(parse_range(row, f"{manifest} row {n}"))
         row["clip_id"] = str(row.get("clip_id") or "")
+        row["attributes"] = _attributes(row.get("attributes"), f"{manifest} row {n}")
     return rows
+
+
+def _attributes(value, where: str) -> str:
+    """A manifest's ``attributes`` (a JSON object, or its text in a CSV cell) as canonical JSON text ("" if none)."""
+    if value in (None, "", {}):
+        return ""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: attributes must be a JSON object, got {value!r} ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: attributes must be a JSON object, got {value!r}")
+    return json.dumps(value, sort_keys=True)
 
 
 def _content_digest(path: str, block: int = 1 << 20) -> str:
@@ -289,6 +309,7 @@ def discover(
                 start=row.get("start"),
                 end=row.get("end"),
                 unit=row.get("unit", "s"),
+                attributes=row.get("attributes", ""),
             )
         )
     # stable: among equal paths and ranges, directory entries first, then manifest order

@@ -10,6 +10,7 @@ appends to the shards in input order (``data_prep.writer``).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -351,7 +352,8 @@ def _finish_clip(clip: Clip | None, item, info: MediaInfo, fps: float, cfg: Proc
             face_confidence=[round(f.score, 5) for f in frames],
             face_size=round(float(np.median([f.face_size for f in frames])), 2),
             sharpness=round(float(np.median([f.sharpness for f in frames])), 3),
-            extra={"source_fps": info.fps, "codec": info.codec, "landmarks": "mediapipe-face-mesh-478", **_range_meta(item),
+            extra={"source_fps": info.fps, "codec": info.codec, "landmarks": "mediapipe-face-mesh-478",
+                   **_manifest_meta(item),
                    "crop": {"scale": cfg.crop.scale, "vx_ratio": cfg.crop.vx_ratio, "vy_ratio": cfg.crop.vy_ratio,
                             "smooth_seconds": cfg.crop.smooth_seconds}},
         )  # fmt: skip
@@ -361,11 +363,14 @@ def _finish_clip(clip: Clip | None, item, info: MediaInfo, fps: float, cfg: Proc
     res.timings["serialize"] += time.perf_counter() - t
 
 
-def _range_meta(item: InputItem) -> dict:
-    """The manifest's clip id and time range, for the sample's ``extra`` (empty for a whole file)."""
-    if not item.range_tag:
-        return {}
-    return {"clip_id": item.clip_id, "range": {"start": item.start, "end": item.end, "unit": item.unit}}
+def _manifest_meta(item: InputItem) -> dict:
+    """The manifest's clip id, time range and attributes, for the sample's ``extra`` (empty for a plain file)."""
+    meta: dict = {"clip_id": item.clip_id} if item.clip_id else {}
+    if item.attributes:
+        meta["attributes"] = json.loads(item.attributes)
+    if item.range_tag:
+        meta["range"] = {"start": item.start, "end": item.end, "unit": item.unit}
+    return meta
 
 
 def read_samples(path: str):

@@ -57,13 +57,13 @@ def test_ranges_of_one_file_are_distinct_inputs(tmp_path):
     m = tmp_path / "m.csv"
     m.write_text(
         "path,identity,clip_id,start,end,unit\n"
-        "long.mp4,a,c1,0,1.5,s\nlong.mp4,a,c2,1.5,3,s\nlong.mp4,a,c1,0,1.5,s\nlong.mp4,a,,,,\nlong.mp4,a,c3,10,20,frames\n"
+        "long.mp4,a,c1,0,1.5,s\nlong.mp4,a,c2,1.5,3,s\nlong.mp4,a,c1b,0,1.5,s\nlong.mp4,a,,,,\nlong.mp4,a,c3,10,20,frames\n"
     )
     items = discover(manifest=str(m))
     ids = {it.id for it in items if not it.duplicate_of}
-    assert len(items) == 5 and len(ids) == 4  # the repeated c1 row is a duplicate, the rest are distinct inputs
+    assert len(items) == 5 and len(ids) == 4  # the same range listed twice is a duplicate, the rest are distinct
     dup = [it for it in items if it.duplicate_of]
-    assert len(dup) == 1 and dup[0].clip_id == "c1" and dup[0].uid.endswith(".dup1")
+    assert len(dup) == 1 and dup[0].clip_id == "c1b" and dup[0].uid.endswith(".dup1")
     whole = next(it for it in items if not it.range_tag)
     assert whole.id == discover([str(clip)])[0].id  # a whole-file row keeps the key of a scanned file
     assert [it.clip_id for it in items if not it.duplicate_of] == ["", "c1", "c2", "c3"]  # sorted by path, range
@@ -109,8 +109,9 @@ def test_ranged_curation_keeps_exactly_the_frames_of_each_range(long_clip, tmp_p
         meta = SampleMeta.from_json(s["json"])
         for i in (0, meta.num_frames - 1):
             crop = decode_jpeg(s[f"{i:04d}.jpg"]).astype(float)
-            diffs = [np.abs(warp_crop(full[k], np.array(meta.crop_affines[i]), CROP_SIZE) - crop).mean()
-                     for k in (meta.frame_indices[i] - 1, meta.frame_indices[i], meta.frame_indices[i] + 1)]  # fmt: skip
+            k = meta.frame_indices[i]
+            diffs = [np.abs(warp_crop(full[j], np.array(meta.crop_affines[i]), CROP_SIZE) - crop).mean()
+                     for j in (k - 1, k, k + 1)]  # fmt: skip
             assert diffs[1] < 3.0 and diffs[1] < min(diffs[0], diffs[2]), (key, i, diffs)
     # keys are derived from the path and the range only: listing the manifest again gives the same prefixes
     assert prefixes == {it.id for it in discover(manifest=str(m))}
