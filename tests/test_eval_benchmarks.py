@@ -14,7 +14,7 @@ import hydra
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from lp_eval.cli import CONF_DIR
+from lp_eval.cli import CONF_DIR, evaluate
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -55,7 +55,8 @@ def layout(tmp_path_factory) -> tuple[Path, Path]:
     clips.mkdir(parents=True)
     for tube, src in zip(TUBES, ("d0.mp4", "d11.mp4"), strict=True):
         cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(FACES / "videos" / src), "-t", "1",
-               "-vf", "scale=128:128", "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(clips / f"{tube}.mp4")]  # fmt: skip
+               "-vf", "scale=128:128", "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p"]  # fmt: skip
+        cmd.append(str(clips / f"{tube}.mp4"))
         subprocess.run(cmd, check=True)
     images = base / "ffhq" / "images1024x1024" / "00000"
     images.mkdir(parents=True)
@@ -74,16 +75,19 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-def test_lp_eval_runs_on_a_talkinghead1kh_layout(layout, tiny_checkpoint, tmp_path):
-    th, ffhq = layout
-    out = tmp_path / "eval"
-    cmd = [sys.executable, "-m", "lp_eval", "eval/data=talkinghead1kh", f"eval.data.root={th}",
-           f"eval.data.ffhq_root={ffhq}", "model=tiny", f"checkpoint={tiny_checkpoint}", "weights=random",
-           "eval/protocols=tiny", "eval/metrics=tiny", "device=cpu", f"out_dir={out}", f"eval.cache_dir={tmp_path / 'c'}",
-           "eval.protocols.self_reenactment.max_frames=2", "eval.protocols.cross_reenactment.max_frames=2",
-           "eval.report.grid_frames=2", "eval.report.mp4_videos=0", "eval.wandb.enabled=false"]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+def _overrides(th: Path, ffhq: Path, ckpt: Path, out: Path) -> list[str]:
+    """The benchmark choice (as a user types it) + a just-initialised tiny model and cheap metrics."""
+    return [
+        "eval/data=talkinghead1kh", f"eval.data.root={th}", f"eval.data.ffhq_root={ffhq}",
+        "model=tiny", f"checkpoint={ckpt}", "weights=random", "eval/protocols=tiny", "eval/metrics=tiny", "device=cpu",
+        f"out_dir={out}", f"eval.cache_dir={out.parent / 'cache'}", "eval.protocols.self_reenactment.max_frames=2",
+        "eval.protocols.cross_reenactment.max_frames=2", "eval.protocols.self_reenactment.metrics=[psnr,l1]",
+        "eval.protocols.cross_reenactment.metrics=[psnr]", "eval.report.grid_frames=2", "eval.report.mp4_videos=0",
+        "eval.wandb.enabled=false",
+    ]  # fmt: skip
+
+
+def _check_reports(out: Path, th: Path) -> None:
     self_rows = list(csv.DictReader((out / "self_reenactment" / "per_video.csv").open()))
     assert sorted(row["driving"] for row in self_rows) == sorted(TUBES)  # the val tubes, found by the layout
     cross_rows = list(csv.DictReader((out / "cross_reenactment" / "per_video.csv").open()))
@@ -93,3 +97,20 @@ def test_lp_eval_runs_on_a_talkinghead1kh_layout(layout, tiny_checkpoint, tmp_pa
         settings = summary["protocols"][proto]["settings"]
         assert settings["dataset"] == "talkinghead1kh" and settings["videos"] == str(th / "val" / "cropped_clips")
     assert summary["protocols"]["self_reenactment"]["metrics"]["psnr"]["frames"] == 4
+
+
+def test_evaluate_on_a_talkinghead1kh_layout(layout, tiny_checkpoint, tmp_path):
+    """What ``lp-eval eval/data=talkinghead1kh eval.data.root=...`` runs (its main only composes and calls this)."""
+    th, ffhq = layout
+    evaluate(compose_eval(_overrides(th, ffhq, tiny_checkpoint, tmp_path / "eval")))
+    _check_reports(tmp_path / "eval", th)
+
+
+@pytest.mark.slow
+def test_lp_eval_cli_on_a_talkinghead1kh_layout(layout, tiny_checkpoint, tmp_path):
+    """The same through the ``lp-eval`` command line (a fresh process: ~1 min of imports on a busy 2-core machine)."""
+    th, ffhq = layout
+    cmd = [sys.executable, "-m", "lp_eval", *_overrides(th, ffhq, tiny_checkpoint, tmp_path / "eval")]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _check_reports(tmp_path / "eval", th)
