@@ -3,8 +3,11 @@ keys are stable and unique per range, and a crash + rerun still gives the shards
 
 from __future__ import annotations
 
-import json
+import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,7 @@ from data_prep.shard_format import CROP_SIZE, SampleMeta
 from data_prep.writer import Journal
 from lp_train.crop import warp_crop
 
+ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = ("data_prep/filters=tiny", "data_prep/output=tiny", "output.chunk_frames=8")
 
 
@@ -165,5 +169,34 @@ def test_crash_and_rerun_of_a_ranged_manifest_is_exactly_once(ranged_raw, tmp_pa
     frames = sorted((m.extra["clip_id"], i) for m in metas for i in m.frame_indices)
     expect = sorted((c, i) for c, lo in (("r0", 0), ("r1", 6), ("r2", 12), ("r3", 18)) for i in range(lo, lo + 6))
     assert frames == expect
-    index = json.loads((ref / "journal" / "faces.jsonl").read_text().splitlines()[0])
-    assert index["num_inputs"] == 4
+
+
+@pytest.mark.slow
+def test_sigkill_and_rerun_of_a_ranged_manifest_is_exactly_once(ranged_raw, tmp_path):
+    """``kill -9`` of the whole job after 2 committed shards, then a rerun: the shard set of an uninterrupted run."""
+    overrides = (*OVERRIDES, "output.max_shard_samples=1", "output.chunk_frames=4")
+    ref = tmp_path / "ref"
+    summary = execute(make_cfg(ref, *overrides, manifest=ranged_raw))
+    assert summary["samples"] == 8 and summary["frames_kept"] == 24  # 4 ranges x 6 frames, 2 chunks each
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "data_prep", f"output.dir={out}", f"inputs.manifest={ranged_raw}", *overrides]
+    log = open(tmp_path / "run.log", "wb")  # noqa: SIM115 - the child writes to it until killed
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    journal = out / "journal" / "faces.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if journal.exists() and sum('"shard": "faces-' in line for line in journal.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed: " + (tmp_path / "run.log").read_text()
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 2 <= len(Journal(journal).shards()) < 8
+    execute(make_cfg(out, *overrides, manifest=ranged_raw))
+    assert shard_digests(out / "shards") == shard_digests(ref / "shards")  # byte-identical shard set
+    keys = [k for s in sorted((out / "shards").glob("*.tar")) for k in read_shard(s)]
+    assert len(keys) == len(set(keys)) == 8
+    metas = [SampleMeta.from_json(s["json"]) for s in _samples(out).values()]
+    frames = sorted((m.extra["clip_id"], i) for m in metas for i in m.frame_indices)
+    expect = sorted((c, i) for c, lo in (("r0", 0), ("r1", 6), ("r2", 12), ("r3", 18)) for i in range(lo, lo + 6))
+    assert frames == expect
