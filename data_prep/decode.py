@@ -138,13 +138,6 @@ class VideoReader:
         stop = total if self.end_frame is None else min(total, self.end_frame)
         return max(0, stop - self.start_frame)
 
-    @property
-    def stream_frames(self) -> int:
-        """Frames of the whole decoded stream (duration x output fps)."""
-        if self.fps == self.info.fps or not self.info.duration:
-            return self.info.num_frames
-        return int(round(self.info.duration * self.fps))
-
     def _command(self) -> list[str]:
         seek = {}
         if self.start_frame > 0:  # a quarter frame early: the timestamp rounding of -ss cannot skip the first frame

@@ -105,9 +105,9 @@ class _Result:
     def record(self, status: str, reason: str | None = None, detail: str = "") -> dict:
         it = self.item
         return {
-            "uid": it.uid, "path": it.path, "range": it.range_tag or None, "kind": it.kind, "identity": it.identity,
-            "dataset": it.dataset,
-            "split": it.split, "status": status, "reason": reason, "detail": detail[:500],
+            "uid": it.uid, "path": it.path, "range": it.range_tag or None, "clip_id": it.clip_id or None,
+            "kind": it.kind, "identity": it.identity, "dataset": it.dataset, "split": it.split, "status": status,
+            "reason": reason, "detail": detail[:500],
             "frames_decoded": self.frames, "frames_kept": int(sum(self.clip_lengths)),
             "clips_total": self.clips_total, "clips_kept": len(self.clip_lengths), "samples": self.samples,
             "drop_frames": dict(self.drop_frames), "drop_clips": dict(self.drop_clips),
