@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from data_prep import recipes
 from data_prep.inputs import read_manifest
 from data_prep.recipes import RECIPES
 from data_prep.recipes.common import write_manifest
@@ -15,7 +16,8 @@ from data_prep.splits import identity_leaks
 
 def recipe_main(argv: list[str]) -> int:
     """Write a manifest from a corpus's metadata; print the summary as JSON. 0 = written, 1 = identity leak."""
-    ap = argparse.ArgumentParser(prog="lp-prep recipe", description=__doc__)
+    ap = argparse.ArgumentParser(prog="lp-prep recipe", description=recipes.__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = ap.add_subparsers(dest="name", required=True, metavar="NAME")
     for name, r in RECIPES.items():
         p = sub.add_parser(name, help=r.module.__doc__.splitlines()[0], description=r.module.__doc__,
