@@ -5,6 +5,8 @@ Curation of LivePortrait's training data (Guo et al. 2024, Sec. 4.1). Examples::
     lp-prep inputs.paths=[/data/raw/vox2] output.dir=/data/curated workers=8          # run (resumable)
     lp-prep inputs.manifest=/data/manifest.csv output.dir=/data/curated task.count=64  # one task of an array
     lp-prep mode=merge output.dir=/data/curated                                       # index.json + report/
+    lp-prep recipe voxceleb2 --txt vox2_dev_txt/txt --videos dev/mp4 --out vox2.csv   # manifest from metadata
+    lp-prep check-splits vox2.csv th1kh.csv                                           # identity leak check
 
 ``run`` / ``merge`` below are plain functions for tests and scripts; ``main`` only parses and calls.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -35,10 +38,21 @@ def execute(cfg: DictConfig) -> dict:
 
 
 @hydra.main(config_path=CONF_DIR, config_name="data_prep", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     result = execute(cfg)
     shown = {k: v for k, v in result.items() if k not in ("skipped", "by_dataset")}
     print(json.dumps(shown, indent=1, default=str))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console script ``lp-prep``: ``recipe NAME ...``, ``check-splits MANIFEST ...``, or Hydra overrides."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["recipe"], ["check-splits"]):
+        from data_prep.recipes.cli import check_splits_main, recipe_main
+
+        sys.exit((recipe_main if argv[0] == "recipe" else check_splits_main)(argv[1:]))
+    sys.argv = [sys.argv[0], *argv]
+    _hydra_main()
 
 
 if __name__ == "__main__":

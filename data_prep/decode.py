@@ -7,6 +7,10 @@ frame. ffmpeg's error lines are counted per input and tied to the output frame t
 the first error (concealment garbage from bit rot or a bad copy) are not trusted (``VideoReader``). Images are
 converted to RGB whatever their mode (grayscale, CMYK, palette, alpha, 16-bit) — converted, not dropped — and the
 conversion is noted for the report.
+
+A manifest row may ask for a time range of a long source video (``inputs.InputItem.start`` / ``end``): the reader then
+seeks with ffmpeg's input ``-ss`` (decoding resumes at the keyframe before it and discards up to it, so the first
+frame is exact) and stops after the range; frame indices stay those of the whole decoded stream (``frame_range``).
 """
 
 from __future__ import annotations
@@ -42,6 +46,26 @@ def output_size(info: MediaInfo, max_side: int | None) -> tuple[int, int]:
     return w, h
 
 
+def frame_range(
+    start: float | None, end: float | None, unit: str, source_fps: float, fps: float
+) -> tuple[int, int | None]:
+    """``[first, stop)`` frame indices of the decoded stream (at ``fps``) for a range in seconds or source frames.
+
+    Seconds map to ``round(t * fps)``; source frame numbers (``unit="frames"``, at ``source_fps``) are used as they
+    are when the stream keeps the source's rate, else converted through seconds. ``stop`` is None for "to the end".
+    """
+    if unit not in ("s", "frames"):
+        raise ValueError(f"range unit must be s or frames, got {unit!r}")
+
+    def index(v: float) -> int:
+        if unit == "frames" and abs(fps - source_fps) < 1e-6:
+            return int(v)
+        seconds = v / source_fps if unit == "frames" else v
+        return int(round(seconds * fps))
+
+    return (0 if start is None else index(start)), (None if end is None else index(end))
+
+
 class VideoReader:
     """Iterate the frames of a video as (H, W, 3) uint8 RGB arrays, and count the decoder's errors.
 
@@ -67,6 +91,11 @@ class VideoReader:
         max_side: downscale so the longer side is at most this (None: keep).
         max_frames: stop after this many frames (None: all).
         stop_at_error: yield no frame decoded after the first decoder error.
+        start_frame: first frame index of the decoded stream to read (``frame_range``; 0: the beginning).
+        end_frame: stop before this frame index (None: the end of the video).
+
+    With a range, ``frames_read`` and ``corrupt_from`` count from ``start_frame``: the i-th yielded frame is frame
+    ``start_frame + i`` of the stream.
     """
 
     def __init__(
@@ -77,10 +106,17 @@ class VideoReader:
         max_side: int | None = None,
         max_frames: int | None = None,
         stop_at_error: bool = True,
+        start_frame: int = 0,
+        end_frame: int | None = None,
     ) -> None:
         self.path, self.info = path, info
         self.fps = float(fps) if fps else info.fps
         self.width, self.height = output_size(info, max_side)
+        if start_frame < 0 or (end_frame is not None and end_frame <= start_frame):
+            raise ValueError(f"frame range [{start_frame}, {end_frame}) of {path} is empty or negative")
+        self.start_frame, self.end_frame = start_frame, end_frame
+        if end_frame is not None:
+            max_frames = min(max_frames or end_frame - start_frame, end_frame - start_frame)
         self.max_frames = max_frames
         self.stop_at_error = stop_at_error
         self.frames_read = 0
@@ -94,13 +130,19 @@ class VideoReader:
 
     @property
     def expected_frames(self) -> int:
-        """Frames the stream should yield (duration x output fps)."""
+        """Frames the stream should yield (duration x output fps, within the range)."""
         if self.fps == self.info.fps or not self.info.duration:
-            return self.info.num_frames
-        return int(round(self.info.duration * self.fps))
+            total = self.info.num_frames
+        else:
+            total = int(round(self.info.duration * self.fps))
+        stop = total if self.end_frame is None else min(total, self.end_frame)
+        return max(0, stop - self.start_frame)
 
     def _command(self) -> list[str]:
-        video = ffmpeg.input(ffmpeg_url(self.path), threads=1).video.filter("fps", fps=self.fps)
+        seek = {}
+        if self.start_frame > 0:  # a quarter frame early: the timestamp rounding of -ss cannot skip the first frame
+            seek["ss"] = f"{(self.start_frame - 0.25) / self.fps:.6f}"
+        video = ffmpeg.input(ffmpeg_url(self.path), threads=1, **seek).video.filter("fps", fps=self.fps)
         if (self.width, self.height) != (self.info.width, self.info.height):
             video = video.filter("scale", self.width, self.height, flags="area")
         video = video.filter("showinfo", checksum=0)

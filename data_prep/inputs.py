@@ -5,7 +5,12 @@ stylised portraits (AAHQ), images being one-frame clips. Every run (and every SL
 list from the same arguments, sorted by path, so task ``k`` of ``n`` can take a deterministic slice of it.
 
 A manifest row has ``path`` (absolute, or relative to the manifest's folder) and optional ``identity``, ``split``,
-``dataset``. Without an identity, each input file is its own identity (``identity_from="file"``), unless
+``dataset``, and an optional time range inside a long source video: ``start``, ``end`` (end exclusive; either may be
+empty: from the beginning / to the end) with ``unit`` ``s`` (seconds, the default) or ``frames`` (frame indices of the
+source stream at its native rate), or a unit suffix on the value (``12.5s``, ``300f``), and ``clip_id`` (the
+corpus's own name of the clip, kept in the sample metadata). Rows of one file with different ranges are different
+inputs with different sample keys (``InputItem.id`` hashes the path *and* the range; a whole-file row keeps the key
+of the file). Without an identity, each input file is its own identity (``identity_from="file"``), unless
 ``identity_from`` names a folder level that holds one person. Inputs listed twice (same resolved path; optionally
 same content) are kept once; the repeats stay in the list, marked ``duplicate_of``, so that the report records them
 with reason ``duplicate``.
@@ -47,11 +52,25 @@ class InputItem:
     dup_index: int = 0  # k for the k-th repeat of an input (0 for the first)
     skip: str | None = None  # why this path cannot be an input (found while listing inputs), or None
     skip_detail: str = ""
+    clip_id: str = ""  # the corpus's name of the clip (a manifest's ``clip_id``), or ""
+    start: float | None = None  # range start in ``unit`` (None: the beginning)
+    end: float | None = None  # range end in ``unit``, exclusive (None: the end)
+    unit: str = "s"  # "s" (seconds) | "frames" (frame indices of the source stream at its native rate)
+    attributes: str = ""  # the manifest's ``attributes`` (JSON object: emotion, view, ...), copied into the samples
+
+    @property
+    def range_tag(self) -> str:
+        """``""`` for a whole file, else ``@start-end unit``: what tells ranges of one file apart (two rows with the
+        same range are the same frames, whatever their ``clip_id``)."""
+        if self.start is None and self.end is None:
+            return ""
+        fmt = lambda v: "" if v is None else f"{v:.6g}"  # noqa: E731
+        return f"@{fmt(self.start)}-{fmt(self.end)}{self.unit}"
 
     @property
     def id(self) -> str:
-        """Stable id (``shard_format.source_id`` of the resolved path); the sample-key prefix."""
-        return source_id(self.path)
+        """Stable id (``shard_format.source_id`` of the resolved path and range); the sample-key prefix."""
+        return source_id(self.path + self.range_tag)
 
     @property
     def uid(self) -> str:
@@ -93,6 +112,49 @@ def _resolve(path: str | Path, base: Path | None = None) -> Path:
     return Path(os.path.realpath(p))
 
 
+_UNITS = {"s": "s", "sec": "s", "secs": "s", "seconds": "s", "f": "frames", "frame": "frames", "frames": "frames"}
+
+
+def parse_range(row: dict, where: str = "") -> dict:
+    """``{"start", "end", "unit"}`` of a manifest row (``start``/``end`` with a ``unit`` column or suffix).
+
+    Raises:
+        ValueError: an unknown unit, units that disagree, a negative start, an end not after the start, or frame
+            numbers that are not integers.
+    """
+    unit = str(row.get("unit") or "").strip().lower()
+    if unit and unit not in _UNITS:
+        raise ValueError(f"{where}: unit must be s or frames, got {row.get('unit')!r}")
+    unit = _UNITS.get(unit, "")
+    values: dict[str, float | None] = {}
+    for name in ("start", "end"):
+        raw = row.get(name)
+        text = "" if raw is None else str(raw).strip().lower()
+        if not text:
+            values[name] = None
+            continue
+        suffix = "frames" if text.endswith("f") else "s" if text.endswith("s") else ""
+        number = text.rstrip("fs")
+        if suffix and unit and suffix != unit:
+            raise ValueError(f"{where}: {name}={raw!r} is in {suffix} but the row's unit is {unit}")
+        unit = unit or suffix
+        try:
+            values[name] = float(number)
+        except ValueError:
+            raise ValueError(
+                f"{where}: {name} must be a number (seconds, or frames with unit=frames), got {raw!r}"
+            ) from None
+    unit = unit or "s"
+    start, end = values["start"], values["end"]
+    if start is not None and start < 0:
+        raise ValueError(f"{where}: start must be >= 0, got {start}")
+    if start is not None and end is not None and end <= start:
+        raise ValueError(f"{where}: end ({end}) must be after start ({start}); the range is [start, end)")
+    if unit == "frames" and any(v is not None and v != int(v) for v in (start, end)):
+        raise ValueError(f"{where}: frame numbers must be integers, got start={start} end={end}")
+    return {"start": start, "end": end, "unit": unit}
+
+
 def read_manifest(manifest: str | Path) -> list[dict]:
     """Rows of a CSV (header with ``path``) or JSONL manifest; relative paths resolved against its folder."""
     manifest = Path(manifest)
@@ -113,7 +175,24 @@ def read_manifest(manifest: str | Path) -> list[dict]:
         if not isinstance(row, dict) or not row.get("path"):
             raise ValueError(f"{manifest} row {n}: needs a 'path' field, got {row!r}")
         row["path"] = str(_resolve(row["path"], manifest.parent))
+        row.update(parse_range(row, f"{manifest} row {n}"))
+        row["clip_id"] = str(row.get("clip_id") or "")
+        row["attributes"] = _attributes(row.get("attributes"), f"{manifest} row {n}")
     return rows
+
+
+def _attributes(value, where: str) -> str:
+    """A manifest's ``attributes`` (a JSON object, or its text in a CSV cell) as canonical JSON text ("" if none)."""
+    if value in (None, "", {}):
+        return ""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: attributes must be a JSON object, got {value!r} ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: attributes must be a JSON object, got {value!r}")
+    return json.dumps(value, sort_keys=True)
 
 
 def _content_digest(path: str, block: int = 1 << 20) -> str:
@@ -199,7 +278,7 @@ def discover(
 
     Args:
         paths: directories (searched recursively for known extensions) and/or single files.
-        manifest: CSV / JSONL manifest (columns: path, identity, split, dataset).
+        manifest: CSV / JSONL manifest (columns: path, identity, split, dataset; optional clip_id, start, end, unit).
         dataset: dataset tag for inputs without one (default: name of the directory given in ``paths``).
         split: split for inputs without one.
         identity_from: identity for inputs without one: file (each file its own) | parent | grandparent | stem | none.
@@ -226,24 +305,36 @@ def discover(
                 dataset=str(row.get("dataset") or dataset or p.parent.name),
                 skip=skip,
                 skip_detail=row.get("skip_detail", ""),
+                clip_id=row.get("clip_id", ""),
+                start=row.get("start"),
+                end=row.get("end"),
+                unit=row.get("unit", "s"),
+                attributes=row.get("attributes", ""),
             )
         )
-    items.sort(key=lambda it: it.path)  # stable: among equal paths, directory entries first, then manifest order
+    # stable: among equal paths and ranges, directory entries first, then manifest order
+    items.sort(key=lambda it: (it.path, _range_key(it.start), _range_key(it.end), it.unit, it.clip_id))
     return _mark_duplicates(items, dedupe_content)
 
 
+def _range_key(v: float | None) -> float:
+    return -1.0 if v is None else v
+
+
 def _mark_duplicates(items: list[InputItem], dedupe_content: bool) -> list[InputItem]:
+    """Repeats of an input (same path and range; with ``dedupe_content`` same content and range) are marked."""
     seen: dict[str, str] = {}
     occurrences: dict[str, int] = {}
     out = []
     for it in items:
-        key = _content_digest(it.path) if dedupe_content else it.path
-        k = occurrences.get(it.path, 0)
-        occurrences[it.path] = k + 1
+        name = it.path + it.range_tag
+        key = (_content_digest(it.path) if dedupe_content else it.path) + it.range_tag
+        k = occurrences.get(name, 0)
+        occurrences[name] = k + 1
         if key in seen:
             it = InputItem(**{**it.to_dict(), "duplicate_of": seen[key], "dup_index": k})
         else:
-            seen[key] = it.path
+            seen[key] = name
         out.append(it)
     return out
 

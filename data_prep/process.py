@@ -10,6 +10,7 @@ appends to the shards in input order (``data_prep.writer``).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -22,7 +23,7 @@ import cv2
 import numpy as np
 
 from data_prep.clips import Clip, ClipBuilder, CropConfig, SceneCutDetector, chunk_bounds
-from data_prep.decode import VideoReader, load_image
+from data_prep.decode import VideoReader, frame_range, load_image
 from data_prep.filters import FilterConfig, HumanFaceCheck, IdentityEncoder, frame_check, identity_consistent
 from data_prep.inputs import InputItem
 from data_prep.probe import MediaInfo, Skip, probe
@@ -104,8 +105,9 @@ class _Result:
     def record(self, status: str, reason: str | None = None, detail: str = "") -> dict:
         it = self.item
         return {
-            "uid": it.uid, "path": it.path, "kind": it.kind, "identity": it.identity, "dataset": it.dataset,
-            "split": it.split, "status": status, "reason": reason, "detail": detail[:500],
+            "uid": it.uid, "path": it.path, "range": it.range_tag or None, "clip_id": it.clip_id or None,
+            "kind": it.kind, "identity": it.identity, "dataset": it.dataset, "split": it.split, "status": status,
+            "reason": reason, "detail": detail[:500],
             "frames_decoded": self.frames, "frames_kept": int(sum(self.clip_lengths)),
             "clips_total": self.clips_total, "clips_kept": len(self.clip_lengths), "samples": self.samples,
             "drop_frames": dict(self.drop_frames), "drop_clips": dict(self.drop_clips),
@@ -184,8 +186,9 @@ def _pick(faces: list[Face], prev_box: np.ndarray | None) -> Face | None:
 def _process_video(item: InputItem, info: MediaInfo, cfg: ProcessConfig, res: _Result, out) -> None:
     dc, fc = cfg.decode, cfg.filters
     on_error = dc.get("on_error", "cut")
+    first, stop = _frame_range(item, info, float(dc.get("fps") or info.fps))
     reader = VideoReader(
-        item.path, info, dc.get("fps"), dc.get("max_side"), dc.get("max_frames"), stop_at_error=on_error != "keep"
+        item.path, info, dc.get("fps"), dc.get("max_side"), dc.get("max_frames"), on_error != "keep", first, stop
     )
     det = _detector("video", cfg.detector)
     det.reset()
@@ -221,7 +224,7 @@ def _process_video(item: InputItem, info: MediaInfo, cfg: ProcessConfig, res: _R
             continue
         if len(builder) >= max_len:
             _finish_clip(builder.end(), item, info, reader.fps, cfg, res, out)
-        builder.add(i, frame, face)
+        builder.add(first + i, frame, face)  # frame index in the whole decoded stream
         prev_lmk = face.landmarks
     _finish_clip(builder.end(), item, info, reader.fps, cfg, res, out)
     res.timings.update({k: res.timings[k] + v for k, v in builder.timings.items()})
@@ -229,6 +232,19 @@ def _process_video(item: InputItem, info: MediaInfo, cfg: ProcessConfig, res: _R
     _decode_errors(reader, on_error, res)
     res.notes["decode_fps"] = reader.fps
     res.notes["decode_size"] = [reader.width, reader.height]
+    if item.range_tag:
+        res.notes["range"] = {"clip_id": item.clip_id, "first_frame": first, "stop_frame": first + reader.frames_read}
+
+
+def _frame_range(item: InputItem, info: MediaInfo, fps: float) -> tuple[int, int | None]:
+    """The input's ``[first, stop)`` frames of the decoded stream; ``Skip("bad_range")`` if it lies outside."""
+    first, stop = frame_range(item.start, item.end, item.unit, info.fps, fps)
+    total = int(round(info.duration * fps)) if info.duration else info.num_frames
+    if total and first >= total:
+        raise Skip("bad_range", f"range {item.range_tag} starts at frame {first}; the video has {total} at {fps:g} fps")
+    if stop is not None and stop <= first:
+        raise Skip("bad_range", f"range {item.range_tag} holds no frame at {fps:g} fps")
+    return first, stop
 
 
 def _decode_errors(reader: VideoReader, on_error: str, res: _Result) -> None:
@@ -255,6 +271,8 @@ def _decode_errors(reader: VideoReader, on_error: str, res: _Result) -> None:
 
 
 def _process_image(item: InputItem, info: MediaInfo, cfg: ProcessConfig, res: _Result, out) -> None:
+    if item.start is not None or item.end is not None:
+        raise Skip("bad_range", f"a time range ({item.range_tag}) on an image")
     t = time.perf_counter()
     rgb, converted = load_image(item.path, tuple(cfg.decode.get("alpha_background", (255, 255, 255))))
     res.timings["decode"] += time.perf_counter() - t
@@ -335,6 +353,7 @@ def _finish_clip(clip: Clip | None, item, info: MediaInfo, fps: float, cfg: Proc
             face_size=round(float(np.median([f.face_size for f in frames])), 2),
             sharpness=round(float(np.median([f.sharpness for f in frames])), 3),
             extra={"source_fps": info.fps, "codec": info.codec, "landmarks": "mediapipe-face-mesh-478",
+                   **_manifest_meta(item),
                    "crop": {"scale": cfg.crop.scale, "vx_ratio": cfg.crop.vx_ratio, "vy_ratio": cfg.crop.vy_ratio,
                             "smooth_seconds": cfg.crop.smooth_seconds}},
         )  # fmt: skip
@@ -342,6 +361,16 @@ def _finish_clip(clip: Clip | None, item, info: MediaInfo, fps: float, cfg: Proc
         pickle.dump(encode_sample_jpegs(meta, [f.jpeg for f in frames], lmk), out, protocol=pickle.HIGHEST_PROTOCOL)
         res.samples += 1
     res.timings["serialize"] += time.perf_counter() - t
+
+
+def _manifest_meta(item: InputItem) -> dict:
+    """The manifest's clip id, time range and attributes, for the sample's ``extra`` (empty for a plain file)."""
+    meta: dict = {"clip_id": item.clip_id} if item.clip_id else {}
+    if item.attributes:
+        meta["attributes"] = json.loads(item.attributes)
+    if item.range_tag:
+        meta["range"] = {"start": item.start, "end": item.end, "unit": item.unit}
+    return meta
 
 
 def read_samples(path: str):

@@ -117,8 +117,8 @@ def summarize(records: list[dict]) -> dict:
         "decode_errors": {"inputs": len(decode_errors), "error_lines": sum(decode_errors),
                           "frames_dropped": drop_frames.get("decode_errors", 0)},
         "by_dataset": {k: dict(v) for k, v in sorted(by_dataset.items())},
-        "skipped": [{"path": r["path"], "status": r["status"], "reason": r["reason"], "detail": r["detail"]}
-                    for r in records if r["reason"]],
+        "skipped": [{"path": r["path"] + (r.get("range") or ""), "status": r["status"], "reason": r["reason"],
+                     "detail": r["detail"]} for r in records if r["reason"]],
     }  # fmt: skip
 
 

@@ -28,6 +28,7 @@ from data_prep.inputs import InputItem, discover, task_slice
 from data_prep.pool import ordered_map
 from data_prep.process import ProcessConfig, close_detectors, crash_record, process_input, read_samples
 from data_prep.shard_format import FORMAT_VERSION
+from data_prep.splits import check_identity_disjoint
 from data_prep.writer import Journal, ShardSink, config_digest, recover
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,10 @@ def list_inputs(cfg: DictConfig) -> list[InputItem]:
     paths = list(i.paths) if i.paths else []
     if not paths and not i.manifest:
         raise ValueError("no inputs: set inputs.paths=[dir,...] and/or inputs.manifest=file.csv|.jsonl")
-    return discover(paths, i.manifest, i.dataset, i.split, i.identity_from, i.dedupe_content)
+    items = discover(paths, i.manifest, i.dataset, i.split, i.identity_from, i.dedupe_content)
+    if i.get("check_identity_splits", True):
+        check_identity_disjoint((it.to_dict() for it in items if it.skip is None), "the input list")
+    return items
 
 
 def _open_journal(cfg: DictConfig, out: Path, prefix: str, items: list[InputItem], pcfg: ProcessConfig) -> Journal:
