@@ -269,12 +269,20 @@ def prepare(args: argparse.Namespace, shards: Path, pairs_file: Path) -> None:
     """Steps 1-3: crop (or draw) the faces, split them, write the shards and the held-out pairs."""
     from lp_train.data.sample_shards import face_folder_samples, synthetic_samples, write_shards
 
-    frames = args.frames_per_clip
+    frames, unseen = args.frames_per_clip, args.unseen
     if args.synthetic:
         samples = synthetic_samples(num_identities=4, frames_per_clip=frames, num_images=2, size=args.size)
+    elif args.portraits is not None:
+        from lp_train.data.synthetic_motion import held_out_identities, motion_samples, portrait_crops
+
+        crops = portrait_crops(args.portraits or None, args.size)
+        samples = motion_samples(crops, frames_per_clip=frames, seed=args.motion_seed)
+        unseen = held_out_identities(list(crops)) if unseen is None else unseen
+        log.info("synthetic motion: %d portraits, held out %s", len(crops), unseen)
     else:
         samples = face_folder_samples(args.faces, size=args.size, frames_per_clip=frames, stride=args.stride)
-    train_samples, held, groups = split_samples(list(samples), args.unseen, args.tail, args.gap)
+    unseen = ["d12"] if unseen is None else unseen
+    train_samples, held, groups = split_samples(list(samples), unseen, args.tail, args.gap)
     if not held:
         raise SystemExit("nothing held out: no clip is long enough (raise --frames-per-clip or lower --gap)")
     for old in shards.glob("*.tar"):  # a rerun with other settings must not mix old shards in
@@ -309,6 +317,9 @@ def main(argv: list[str] | None = None) -> dict:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--faces", type=Path, help="folder with videos/*.mp4 and images/*.jpg (e.g. ../shared/data/faces)")
     src.add_argument("--synthetic", action="store_true", help="synthetic faces (smoke tests)")
+    src.add_argument("--portraits", nargs="?", const="", type=str, metavar="DIR",
+                     help="synthetic motion: portraits of DIR (alone: the embedded photos) moved by known smooth "
+                     "motions (lp_train.data.synthetic_motion); every 4th identity is held out")  # fmt: skip
     src.add_argument(
         "--prepared", action="store_true", help="reuse OUT/shards and OUT/pairs.pt of a --prepare-only run"
     )
@@ -317,7 +328,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--size", type=int, default=128, help="stored crop side (2x the model input; 128 for tiny)")
     ap.add_argument("--frames-per-clip", type=int, default=60)
     ap.add_argument("--stride", type=int, default=3)
-    ap.add_argument("--unseen", nargs="*", default=["d12"], help="identities (file stems) held out whole")
+    ap.add_argument("--unseen", nargs="*", default=None, help="identities (file stems) held out whole (default: d12; "
+                    "with --portraits every 4th portrait)")  # fmt: skip
+    ap.add_argument("--motion-seed", type=int, default=0, help="--portraits: seed of the random smooth motions")
     ap.add_argument("--tail", type=float, default=0.3, help="fraction of every other clip held out (its end)")
     ap.add_argument("--gap", type=int, default=2, help="frames dropped between a clip's training and held-out parts")
     ap.add_argument("--every", type=int, default=200, help="evaluate every N training steps")

@@ -138,14 +138,14 @@ def score_table(clips: Mapping[str, Mapping]) -> dict:
     groups = sorted({clips[n]["group"] for n in names})
     large: dict[str, torch.Tensor] = {}  # per clip, its pairs in its group's top third
     out_groups = {}
-    for g in [*groups, "all"]:
+    for g in dict.fromkeys([*groups, "all"]):
         members = [n for n in names if g == "all" or clips[n]["group"] == g]
         cat = {m: {k: torch.cat([clips[n]["scores"][m][k] for n in members]) for k in clips[members[0]]["scores"][m]}
                for m in clips[members[0]]["scores"]}  # fmt: skip
         mask = large_motion_mask(cat["copy_source"]["l1"])
         floor = torch.cat([clips[n]["floor"] for n in members])
         out_groups[g] = _entry(cat, floor, mask)
-        if g != "all":
+        if g in groups:
             sizes = [len(clips[n]["floor"]) for n in members]
             large.update(zip(members, torch.split(mask, sizes), strict=True))
     out_clips = {}
