@@ -119,3 +119,17 @@ def test_demo_starts_stage1_from_the_shipped_model_or_falls_back_to_random_init(
     pretrained.pack(ckpt, "stage1_tiny_faces")
     overrides, line = stage1_start()
     assert "module.init_weights=stage1_tiny_faces" in overrides and "fine-tun" in line
+
+
+def test_wheel_carries_the_shipped_models_and_their_card():
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    setuptools = pyproject["tool"]["setuptools"]
+    assert "lp_train.pretrained" in setuptools["packages"]
+    assert {"*.pt", "*.md"} <= set(setuptools["package-data"]["lp_train.pretrained"])
+    card = (Path(pretrained.__file__).parent / "MODEL_CARD.md").read_text()
+    for section in ("## Data", "## Command", "## Steps and wall time", "## Held-out", "## Limits"):
+        assert section in card
+    assert "blur_matched_copy_source" in card and "TODO-LEAD" in card
