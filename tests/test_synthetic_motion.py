@@ -67,7 +67,7 @@ def test_identity_split_is_disjoint(crops):
     names = [f"p{i:02d}" for i in range(10)]
     held = held_out_identities(names)
     assert held == ["p03", "p07"] and held_out_identities(["a", "b"]) == ["b"]
-    samples = list(motion_samples(crops, frames_per_clip=8))
+    samples = list(motion_samples(crops, frames_per_clip=12))
     train, held_samples, groups = split_samples(samples, unseen=["hopper"], tail=0.3, gap=1)
     assert [m.identity for m, _, _ in held_samples] == ["astronaut", "hopper"] and groups == ["seen", "unseen"]
     assert "hopper" not in {m.identity for m, _, _ in train}
