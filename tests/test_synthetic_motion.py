@@ -86,16 +86,20 @@ def test_a_few_steps_reduce_the_held_out_loss(tmp_path):
     assert "| hopper | unseen | blur_matched_copy_source | 7 |" in (tmp_path / "learning.md").read_text()
 
 
-SLOW_STEPS = 400  # experiment=stage1_cpu, batch 4: about 3-4 minutes on a free CPU core (about 2 steps/s)
-SLOW_MARGIN = 0.9  # held-out model L1 / copy-the-source L1 must be below this (measured: see the docstring)
+SLOW_STEPS = 1500  # experiment=stage1_cpu, batch 4: about 12-13 minutes on one free CPU core (about 2 steps/s)
+SLOW_MARGIN = 0.9  # held-out model L1 / copy-the-source L1 must be below this
 
 
 @pytest.mark.slow
 def test_tiny_model_beats_copy_source_on_held_out_identities(tmp_path):
     """The 19 real portraits moved along known smooth motions (every 4th identity held out whole, 32 frames each):
-    after ``SLOW_STEPS`` steps of the CPU recipe the model beats copy-the-source and the blur-matched copy on the
-    held-out identities, on all pairs and on the large-motion third. Measured (1 thread, seed 0, 400 steps):
-    MEASURED_LINE."""
+    after ``SLOW_STEPS`` steps of the CPU recipe the model beats copy-the-source by ``SLOW_MARGIN`` and the
+    blur-matched copy on the held-out identities, on all pairs and on the large-motion third.
+
+    Measured so far (1 thread on a shared, oversubscribed 2-core machine, seed 0; unseen identities, model /
+    copy-the-source / blur-matched / floor): step 100 0.148 / 0.121 / 0.135 / 0.117, step 200 0.139 / 0.121 /
+    0.132 / 0.112 - falling, not yet below copy-the-source. ``SLOW_STEPS`` and ``SLOW_MARGIN`` are not yet
+    confirmed by a full run: calibrate them with one run on a free core."""
     if not (FACES / "images").is_dir():
         pytest.skip(f"real test portraits not found at {(FACES / 'images').resolve()}")
     main([str(tmp_path), "--portraits", str(FACES / "images"), "--frames-per-clip", "32", "--every", str(SLOW_STEPS),
