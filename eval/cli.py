@@ -37,6 +37,7 @@ from lp_eval.store import rank_world
 from omegaconf import DictConfig, OmegaConf
 
 from lp_train.fileio import atomic_write_text
+from lp_train.pretrained import resolve as resolve_checkpoint
 
 log = logging.getLogger(__name__)
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -70,7 +71,7 @@ def evaluate(cfg: DictConfig) -> dict:
             log.info("protocol %s", name)
             results[name] = get_protocol(name)(ctx, pcfg)
     run_name = cfg.get("run_name") or Path(str(cfg.checkpoint)).stem
-    summary = {"run_name": run_name, "checkpoint": str(Path(str(cfg.checkpoint)).resolve()),
+    summary = {"run_name": run_name, "checkpoint": str(resolve_checkpoint(cfg.checkpoint).resolve()),
                "model": OmegaConf.select(cfg, "model._target_"), "out_dir": str(ctx.out_dir),
                "protocols": {n: protocol_summary(r) for n, r in results.items()}}  # fmt: skip
     if rank_world()[0] == 0:

@@ -2,7 +2,10 @@
 
 * ``self_reenactment`` (Table 2): for each test video the first frame is the source and every frame drives and is
   the ground truth; generated and ground-truth frames are compared at ``eval_size``² (256): PSNR, SSIM, LPIPS, L1,
-  CSIM (vs. the driving frame) and MAE.
+  CSIM (vs. the driving frame) and MAE. Beside the model, the controls of ``lp_train.metrics.controls`` on the same
+  frames: ``copy_source``, ``blur_matched_copy_source`` (blurred to the model's self-reconstruction L1,
+  ``reconstruction_floor``), the ``large_motion`` subset and the 1/8-resolution ``l1_low``
+  (``ProtocolResult.controls``).
 * ``cross_reenactment`` (Table 3): the first ``num_sources`` images of a source set (paper: 50 FFHQ images) are
   each driven by every test video; FID (generated frames vs. the configured reference set: the source images,
   the driving frames or an image folder — stated in the report), AED, APD, MAE (vs. the driving frame) and CSIM
@@ -15,6 +18,7 @@ from all cached features at the end (needs a filesystem shared by the ranks, as 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -31,6 +35,8 @@ from lp_eval.suite import Suite
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from lp_train.fileio import atomic_write_text
+from lp_train.metrics.controls import METHODS, blur_matched_sigma, frame_l1s, gaussian_blur, l1_per_frame, score_table
 from lp_train.metrics.fid import reference_stats
 
 log = logging.getLogger(__name__)
@@ -68,6 +74,7 @@ class ProtocolResult:
     info: dict[str, dict]
     settings: dict
     samples: list[Sample]
+    controls: dict | None = None  # lp_train.metrics.controls.score_table of the model and its baselines
 
 
 def _uint8(x: torch.Tensor) -> list[np.ndarray]:
@@ -80,10 +87,31 @@ def _videos(pcfg: DictConfig) -> list[Clip]:
     return list_videos(pcfg.videos, pcfg.get("max_videos"))
 
 
+def _generate(ctx: EvalContext, frames: list[np.ndarray]) -> torch.Tensor:
+    """Drive the current source with ``frames`` -> generated frames at the evaluation size, on the CPU."""
+    gen = ctx.reenactor.drive(to_tensor(frames, ctx.input_size, ctx.device)).float().cpu()
+    gen = F.interpolate(gen, size=(ctx.eval_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
+    return gen.clamp(0, 1)
+
+
+def _controls_source(ctx: EvalContext, source: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's self-reconstruction of ``source`` (driving = source) and the source, at the evaluation size."""
+    ctx.reenactor.set_source(to_tensor([source], ctx.input_size, ctx.device))
+    return _generate(ctx, [source]), to_tensor([source], ctx.eval_size)
+
+
 def _run_item(
-    ctx: EvalContext, suite: Suite, source: np.ndarray, driving: list[np.ndarray], keep: int, cross: bool
+    ctx: EvalContext,
+    suite: Suite,
+    source: np.ndarray,
+    driving: list[np.ndarray],
+    keep: int,
+    cross: bool,
+    controls: dict[str, list] | None = None,
 ) -> tuple[dict[str, torch.Tensor], Sample | None]:
-    """Animate ``source`` with ``driving`` crops in batches and score every frame; keep up to ``keep`` frames."""
+    """Animate ``source`` with ``driving`` crops in batches and score every frame; keep up to ``keep`` frames.
+    ``controls`` (self-reenactment): per-frame L1s of the model and of the source / blurred source are appended
+    under ``model``, ``copy_source`` and ``blur_matched_copy_source``; it holds the ``blurred`` source."""
     ctx.reenactor.set_source(to_tensor([source], ctx.input_size, ctx.device))
     src_eval = to_tensor([source], ctx.eval_size)
     ref = suite.embed(src_eval) if cross else None
@@ -91,13 +119,16 @@ def _run_item(
     sample = Sample("", _uint8(src_eval)[0]) if keep else None
     for i in range(0, len(driving), ctx.batch_size):
         batch = driving[i : i + ctx.batch_size]
-        gen = ctx.reenactor.drive(to_tensor(batch, ctx.input_size, ctx.device)).float().cpu()
-        gen = F.interpolate(gen, size=(ctx.eval_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
-        gen = gen.clamp(0, 1)
+        gen = _generate(ctx, batch)
         drv = to_tensor(batch, ctx.eval_size)
         ref_b = None if ref is None else ref.expand(len(batch), -1)
         for k, v in suite.score(gen, drv, ref_b).items():
             scores.setdefault(k, []).append(v)
+        if controls is not None:
+            n = len(batch)
+            for method, pred in (("model", gen), ("copy_source", src_eval.expand(n, -1, -1, -1)),
+                                 ("blur_matched_copy_source", controls["blurred"].expand(n, -1, -1, -1))):  # fmt: skip
+                controls.setdefault(method, []).append(frame_l1s(pred, drv))
         if sample is not None and len(sample.generated) < keep:
             n = keep - len(sample.generated)
             sample.driving += _uint8(drv[:n])
@@ -164,13 +195,48 @@ def self_reenactment(ctx: EvalContext, pcfg: DictConfig) -> ProtocolResult:
         keep = _keep(ctx, idx, world, len(crops))
         if "fid" in suite.metrics:  # FID in self-reenactment: against the ground-truth frames
             _save_features(store.folder / "fid_driving", clip.name, _fid_features(ctx, suite, crops))
-        scores, sample = _run_item(ctx, suite, crops[0], crops, keep, cross=False)
+        recon, src_eval = _controls_source(ctx, crops[0])
+        floor = float(l1_per_frame(recon, src_eval))
+        sigma, saturated = blur_matched_sigma(src_eval, floor)
+        controls: dict = {"blurred": gaussian_blur(src_eval, sigma)}
+        scores, sample = _run_item(ctx, suite, crops[0], crops, keep, cross=False, controls=controls)
         _save_features(store.folder / "fid", clip.name, scores.get("fid_features"))
-        store.add(_row(clip.name, f"{clip.name}[0]", clip.name, scores, time.perf_counter() - t0))
+        per_frame = {m: {k: torch.cat([p[k] for p in controls[m]]).tolist() for k in controls[m][0]}
+                     for m in METHODS}  # fmt: skip
+        record = {"scores": per_frame, "floor": floor, "blur_sigma": sigma, "blur_saturated": saturated}
+        atomic_write_text(store.folder / "controls" / f"{clip.name}.json", json.dumps(record))
+        row = _row(clip.name, f"{clip.name}[0]", clip.name, scores, time.perf_counter() - t0)
+        row.update(
+            {f"{m}_{k}": float(np.mean(v)) for m, ks in per_frame.items() if m != "model" for k, v in ks.items()}
+        )
+        row.update({"l1_low": float(np.mean(per_frame["model"]["l1_low"])), "reconstruction_floor": floor,
+                    "blur_sigma": sigma})  # fmt: skip
+        store.add(row)
         if sample is not None:
             sample.key = clip.name
             samples.append(sample)
-    return _finish(ctx, "self_reenactment", pcfg, suite, store, samples, {"videos_listed": len(clips)})
+    result = _finish(ctx, "self_reenactment", pcfg, suite, store, samples, {"videos_listed": len(clips)})
+    result.controls = _controls_table(store.folder / "controls", [r["key"] for r in result.rows])
+    return result
+
+
+def _controls_table(folder: Path, keys: list[str]) -> dict | None:
+    """``score_table`` of every finished video (one clip group ``all``: the large-motion subset is the top third of
+    copy-the-source L1 over all frames) from the per-frame files each rank wrote."""
+    clips = {}
+    for key in sorted(keys):
+        path = folder / f"{key}.json"
+        if not path.is_file():  # a row written before the controls existed (resumed older run)
+            log.warning("no controls for %s (%s missing): left out of the baseline table", key, path)
+            continue
+        rec = json.loads(path.read_text())
+        scores = {
+            m: {k: torch.tensor(v, dtype=torch.float64) for k, v in ks.items()} for m, ks in rec["scores"].items()
+        }
+        n = len(scores["model"]["l1"])
+        clips[key] = {"group": "all", "scores": scores, "floor": torch.full((n,), rec["floor"], dtype=torch.float64),
+                      "blur_sigma": rec["blur_sigma"], "blur_saturated": rec["blur_saturated"]}  # fmt: skip
+    return score_table(clips) if clips else None
 
 
 def _keep(ctx: EvalContext, idx: int, world: int, n: int) -> int:

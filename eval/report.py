@@ -58,7 +58,47 @@ def protocol_summary(res: ProtocolResult) -> dict:
             "info": info,
         }
     frames = int(sum(r.get("frames", 0) for r in res.rows))
-    return {"items": len(res.rows), "frames": frames, "metrics": metrics, "settings": res.settings}
+    out = {"items": len(res.rows), "frames": frames, "metrics": metrics, "settings": res.settings}
+    if res.controls is not None:
+        out["controls"] = res.controls
+    return out
+
+
+def _l1(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def controls_table(summary: dict, protocol: str) -> str:
+    """The model beside its baselines on the same frames (rows ``model``, ``copy_source``,
+    ``blur_matched_copy_source``; all videos, then each video), with the large-motion subset and 1/8-res L1."""
+    from lp_train.metrics.controls import METHODS
+
+    table = summary["protocols"].get(protocol, {}).get("controls")
+    if not table:
+        return ""
+    out = [
+        f"#### {protocol.replace('_', '-')}: the model beside its baselines (L1 ↓, eval resolution)",
+        "",
+        "`copy_source`: the source frame as the prediction (no motion). `blur_matched_copy_source`: the source "
+        "blurred until its L1 to itself equals the model's self-reconstruction L1 (`floor`): the model's appearance "
+        "error without motion; beating it means the model moves the face. `large motion`: the frames in the top "
+        "third of copy-source L1 over all videos. ×1/8: L1 at 1/8 resolution (texture-insensitive).",
+        "",
+        "| video | method | frames | L1 | L1 ×1/8 | large-motion frames | large-motion L1 | large-motion L1 ×1/8 "
+        "| note |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    entries = [("**all**", table["groups"]["all"]), *sorted(table["clips"].items())]
+    for name, e in entries:
+        large = e["large_motion"]
+        for m in METHODS:
+            lm = large.get(m) or {}
+            note = f"floor {e['reconstruction_floor']:.4f}" if m == "model" else ""
+            if m == "blur_matched_copy_source" and e.get("blur_sigma") is not None:
+                note = f"σ {e['blur_sigma']:.2f} px" + (" (saturated)" if e.get("blur_saturated") else "")
+            out.append(f"| {name} | {m} | {e['pairs']} | {_l1(e[m]['l1'])} | {_l1(e[m]['l1_low'])} | "
+                       f"{large['pairs']} | {_l1(lm.get('l1'))} | {_l1(lm.get('l1_low'))} | {note} |")  # fmt: skip
+    return "\n".join(out) + "\n"
 
 
 def _metrics(summary: dict, protocol: str) -> dict[str, dict]:
@@ -88,6 +128,8 @@ def markdown_tables(runs: dict[str, dict], protocol: str) -> str:
             out.append(f"| {run} | " + " | ".join(fmt(n, ms.get(n, {}).get("value")) for n in names) + " |")
         out.append("")
     out.append(_footnotes(runs, protocol, present))
+    if len(runs) == 1:
+        out.append(controls_table(next(iter(runs.values())), protocol))
     return "\n".join(out)
 
 
@@ -169,8 +211,33 @@ def log_wandb(cfg_wandb, summary: dict, results: dict[str, ProtocolResult], medi
             run.log({f"{proto}/summary": wandb.Table(columns=cols, data=data)})
             for n, m in ms.items():
                 run.summary[f"{proto}/{n}" if m["calibrated"] else f"uncalibrated/{proto}/{n}"] = m["value"]
+            controls = summary["protocols"][proto].get("controls")
+            if controls:
+                _log_controls(run, proto, controls)
             if media.get(proto):
                 run.log({f"{proto}/samples": wandb.Image(str(media[proto]))})
         return str(Path(run.dir).parent)
     finally:
         run.finish()
+
+
+def _log_controls(run, proto: str, controls: dict) -> None:
+    """Summary scalars ``<proto>/controls/<method>/{l1,l1_low}`` (+ ``large_motion/``, ``reconstruction_floor``)
+    and a per-video ``wandb.Table`` with the model and its baselines as rows."""
+    import wandb
+
+    from lp_train.metrics.controls import METHODS
+
+    g = controls["groups"]["all"]
+    run.summary[f"{proto}/controls/reconstruction_floor"] = g["reconstruction_floor"]
+    for m in METHODS:
+        for k, v in g[m].items():
+            run.summary[f"{proto}/controls/{m}/{k}"] = v
+        if g["large_motion"][m] is not None:
+            for k, v in g["large_motion"][m].items():
+                run.summary[f"{proto}/controls/large_motion/{m}/{k}"] = v
+    cols = ["video", "method", "frames", "l1", "l1_low", "large_motion_frames", "large_motion_l1"]
+    data = [[name, m, e["pairs"], e[m]["l1"], e[m]["l1_low"], e["large_motion"]["pairs"],
+             (e["large_motion"][m] or {}).get("l1")]
+            for name, e in [("all", g), *sorted(controls["clips"].items())] for m in METHODS]  # fmt: skip
+    run.log({f"{proto}/controls": wandb.Table(columns=cols, data=data)})

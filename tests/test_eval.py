@@ -20,9 +20,11 @@ from lp_eval import protocols as P
 from lp_eval.cli import CONF_DIR, evaluate, main
 from lp_eval.compare import compare_runs
 from lp_eval.registry import PROTOCOLS, get_protocol, register_protocol
+from lp_eval.report import markdown_tables, protocol_summary
 from omegaconf import OmegaConf
 
 from lp_train.checkpoint import save_model
+from lp_train.metrics.controls import gaussian_blur
 
 ROOT = Path(__file__).resolve().parents[1]
 FACES = ROOT / "../shared/data/faces"
@@ -154,6 +156,74 @@ def test_oracle_model_scores_perfectly(tmp_path):
     for k in ("lpips", "l1", "aed_expression", "apd_pose", "mae_gaze", "fid"):  # FID: vs the ground-truth frames
         assert v[k] == pytest.approx(0.0, abs=1e-5), k
     assert res.summary["aed_expression"]["frames"] == 2  # faces found in both frames
+
+
+class SourceReenactor(OracleReenactor):
+    """Returns the source frame (``sigma`` 0) or the source blurred at ``sigma``, whatever the driving frame."""
+
+    def __init__(self, sigma: float = 0.0):
+        self.sigma = sigma
+
+    def set_source(self, source):
+        self.source = gaussian_blur(source, self.sigma)
+
+    def drive(self, driving):
+        return self.source.expand(len(driving), -1, -1, -1)
+
+
+@pytest.fixture(scope="module")
+def cached_crops():
+    """``face_crops`` memoised for the module: the three control models read the same clips once."""
+    cache, real = {}, P.face_crops
+
+    def crops(clip, *args):
+        key = (str(clip.path), *map(str, args))
+        if key not in cache:
+            cache[key] = real(clip, *args)
+        return cache[key]
+
+    return crops
+
+
+@pytest.mark.parametrize("kind", ["oracle", "copy", "blur"])
+def test_self_reenactment_reports_the_model_beside_its_controls(tmp_path, kind, cached_crops, monkeypatch):
+    """A copy model equals ``copy_source`` exactly, a blur model equals ``blur_matched_copy_source``, a perfect
+    model beats both; the controls reach summary.json's layout and report.md."""
+    if not (FACES / "videos").is_dir():
+        pytest.skip(f"real test faces not found at {FACES.resolve()}")
+    cfg = compose_eval(["weights=random", "eval/data=faces", "eval/protocols=tiny", "eval/metrics=tiny", "checkpoint=x",
+                        f"out_dir={tmp_path}", "eval.report.mp4_videos=0"])  # fmt: skip
+    pcfg = cfg.eval.protocols.self_reenactment
+    pcfg.videos, pcfg.max_videos, pcfg.max_frames, pcfg.metrics = str(FACES / "videos"), 2, 4, ["l1"]
+    reenactor = {"oracle": OracleReenactor(), "copy": SourceReenactor(), "blur": SourceReenactor(1.5)}[kind]
+    monkeypatch.setattr(P, "face_crops", cached_crops)
+    ctx = P.EvalContext(cfg, reenactor, torch.device("cpu"), tmp_path, 256, 256, 256, 3)
+    res = get_protocol("self_reenactment")(ctx, pcfg)
+    table = res.controls
+    assert set(table["clips"]) == {r["key"] for r in res.rows} and table["groups"]["all"]["pairs"] == 8
+    assert table["groups"]["all"]["large_motion"]["pairs"] == 3  # the top third of 8 frames
+    assert table["groups"]["all"]["model"]["l1"] == pytest.approx(res.summary["l1"]["value"], rel=1e-6)
+    for e in [table["groups"]["all"], *table["clips"].values()]:
+        model, copy, blur = e["model"], e["copy_source"], e["blur_matched_copy_source"]
+        if kind == "copy":
+            assert model == copy and e["large_motion"]["model"] == e["large_motion"]["copy_source"]
+        elif kind == "blur":
+            assert model["l1"] == pytest.approx(blur["l1"], rel=1e-3) and model["l1"] > copy["l1"]
+            assert model["l1_low"] == pytest.approx(blur["l1_low"], rel=1e-3)
+        else:
+            assert model["l1"] < 1e-6 < copy["l1"] and model["l1"] < blur["l1"]
+            if e["large_motion"]["pairs"]:
+                assert e["large_motion"]["model"]["l1"] < 1e-6 < e["large_motion"]["copy_source"]["l1"]
+    if kind == "blur":
+        assert all(c["blur_sigma"] == pytest.approx(1.5, abs=0.02) for c in table["clips"].values())
+    summary = {"run_name": kind, "protocols": {"self_reenactment": protocol_summary(res)}}
+    assert summary["protocols"]["self_reenactment"]["controls"] == table
+    md = markdown_tables({kind: summary}, "self_reenactment")
+    for name in ("**all**", *table["clips"]):
+        for method in ("model", "copy_source", "blur_matched_copy_source"):
+            assert f"| {name} | {method} |" in md
+    row = next(iter(res.rows))
+    assert {"copy_source_l1", "blur_matched_copy_source_l1", "l1_low", "reconstruction_floor"} <= set(row)
 
 
 def test_compare_builds_one_table(tiny_run, tmp_path, capsys):

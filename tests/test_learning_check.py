@@ -14,7 +14,8 @@ from torch import nn
 
 from lp_train.data.sample_shards import synthetic_samples
 from lp_train.learning_check import first_frame_pairs, main, split_samples
-from lp_train.lit.heldout import load_pairs, reenactment_l1
+from lp_train.lit.heldout import heldout_scalars, load_pairs, reenactment_l1
+from lp_train.metrics.controls import blur_matched_sigma, gaussian_blur, large_motion_mask, low_res
 
 pytestmark = pytest.mark.usefixtures("lp_data_one_thread")
 
@@ -79,6 +80,75 @@ def test_reenactment_l1_matches_hand_computed_values_and_restores_train_mode():
     assert perfect["groups"]["all"]["l1"] < 1e-6 and perfect["groups"]["all"]["ratio"] < 1e-5
 
 
+class _Blur(nn.Module):
+    """Reproduces the source blurred at a fixed sigma, whatever the driving frame: appearance, no motion."""
+
+    def __init__(self, sigma: float):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+        self.sigma = sigma
+
+    def forward(self, source, driving):
+        return {"image": gaussian_blur(source, self.sigma) + self.w}
+
+
+def _pairs(size: int = 16) -> dict:
+    """Two clips in the paper's layout (one source repeated, different driving frames); the driving frames are a
+    shifted source, so the copy baseline has a motion error that grows with the pair index."""
+    g = torch.Generator().manual_seed(0)
+    pairs = {}
+    for name, group, n in (("a", "seen", 4), ("b", "unseen", 6)):
+        src = gaussian_blur(torch.rand(1, 3, size, size, generator=g), 0.7)
+        drv = torch.cat([torch.roll(src, shifts=(k % 3, k), dims=(2, 3)) for k in range(1, n + 1)])
+        pairs[name] = {"group": group, "source": src.expand(n, -1, -1, -1).clone(), "driving": drv}
+    return pairs
+
+
+def test_controls_copy_model_equals_copy_source_blur_model_equals_blur_matched_and_perfect_beats_both():
+    pairs = _pairs()
+    copy = reenactment_l1(_Copy(), pairs, batch_size=3)
+    for e in [*copy["clips"].values(), *copy["groups"].values()]:
+        assert e["model"] == e["copy_source"]  # exactly: the same frames, the same arithmetic
+        assert e["large_motion"]["model"] == e["large_motion"]["copy_source"]
+        assert e["reconstruction_floor"] == 0.0 and e["blur_matched_copy_source"] == e["copy_source"]
+    blur = reenactment_l1(_Blur(1.3), pairs, batch_size=4)
+    for name, c in blur["clips"].items():
+        assert c["blur_sigma"] == pytest.approx(1.3, abs=1e-3) and not c["blur_saturated"]
+        for k in ("l1", "l1_low"):
+            assert c["model"][k] == pytest.approx(c["blur_matched_copy_source"][k], rel=1e-4)
+            assert c["large_motion"]["model"][k] == pytest.approx(c["large_motion"]["blur_matched_copy_source"][k],
+                                                                  rel=1e-4)  # fmt: skip
+        floor = (gaussian_blur(pairs[name]["source"], 1.3) - pairs[name]["source"]).abs().mean().item()
+        assert c["reconstruction_floor"] == pytest.approx(floor, rel=1e-5)
+    perfect = reenactment_l1(_Copy(use_driving=True), pairs)
+    for e in [*perfect["clips"].values(), *perfect["groups"].values()]:
+        assert e["model"]["l1"] < 1e-6 < e["copy_source"]["l1"]
+        assert e["blur_matched_copy_source"] == e["copy_source"]  # it copies the source perfectly: floor 0
+        if e["large_motion"]["pairs"]:
+            assert e["large_motion"]["model"]["l1"] < 1e-6 < e["large_motion"]["copy_source"]["l1"]
+    scalars = heldout_scalars(blur)
+    assert scalars["heldout/blur_matched_copy_source/l1"] == blur["groups"]["all"]["blur_matched_copy_source"]["l1"]
+    assert "heldout/unseen/large_motion/copy_source/l1" in scalars and "heldout/clip/a/copy_source/l1_low" in scalars
+
+
+def test_large_motion_subset_is_the_top_third_of_copy_source_l1_per_group():
+    copy = torch.tensor([0.1, 0.5, 0.2, 0.9, 0.3, 0.4])
+    assert large_motion_mask(copy).tolist() == [False, True, False, True, False, False]
+    res = reenactment_l1(_Copy(), _pairs())
+    a, b, everything = res["clips"]["a"], res["clips"]["b"], res["groups"]["all"]
+    assert (a["large_motion"]["pairs"], b["large_motion"]["pairs"], everything["large_motion"]["pairs"]) == (2, 2, 4)
+    assert a["large_motion"]["copy_source"]["l1"] > a["copy_source"]["l1"]  # the shifts grow: the end of each clip
+
+
+def test_blur_matched_sigma_bisects_to_the_target_and_saturates_beyond_reach():
+    x = torch.rand(2, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+    target = (gaussian_blur(x, 2.2) - x).abs().mean().item()
+    sigma, saturated = blur_matched_sigma(x, target)
+    assert sigma == pytest.approx(2.2, abs=1e-3) and not saturated
+    assert blur_matched_sigma(x, 10.0) == (12.0, True) and blur_matched_sigma(x, 0.0) == (0.0, False)
+    assert low_res(x).shape == (2, 3, 3, 3) and torch.allclose(low_res(x)[0, 0, 0, 0], x[0, 0, :8, :8].mean())
+
+
 def test_load_pairs_names_the_missing_file_and_rejects_bad_content(tmp_path):
     with pytest.raises(FileNotFoundError, match="learning_check"):
         load_pairs(tmp_path / "none.pt")
@@ -100,14 +170,17 @@ def test_first_frame_pairs_follow_the_paper_protocol():
 def test_learning_check_cli_writes_curve_table_plot_and_resumes(tmp_path):
     args = [str(tmp_path), "--synthetic", "--frames-per-clip", "12", "--unseen", "synthetic-3", "--every", "2",
             "data.batch_size=2", "~logger.wandb", "trainer.enable_progress_bar=false", "module.image_every=0",
-            "trainer.limit_val_batches=0"]  # fmt: skip
+            "trainer.limit_val_batches=0", "callbacks.model_checkpoint.every_n_train_steps=2",
+            "callbacks.model_checkpoint.keep_last=10"]  # fmt: skip
     main([*args, "trainer.max_steps=4"])
     history = json.loads((tmp_path / "run" / "heldout.json").read_text())["history"]
     assert [h["step"] for h in history] == [0, 2, 4]
     assert set(history[0]["groups"]) == {"seen", "unseen", "all"} and history[-1]["groups"]["all"]["pairs"] == 3 + 11
-    assert history[-1]["groups"]["all"]["l1"] < history[0]["groups"]["all"]["l1"]  # 4 steps move it off the init
+    assert history[-1]["groups"]["all"]["l1"] != history[0]["groups"]["all"]["l1"]  # 4 steps move it off the init
     table = (tmp_path / "learning.md").read_text()
-    assert "| synthetic-3 | unseen | 11 |" in table and "| **all** | | 14 |" in table
+    for method in ("model", "copy_source", "blur_matched_copy_source"):  # the controls are rows beside the model
+        assert f"| synthetic-3 | unseen | {method} | 11 |" in table and f"| **all** |  | {method} | 14 |" in table
+    assert history[-1]["groups"]["all"]["large_motion"]["pairs"] == 5  # top third of 3 + top third of 11
     assert (tmp_path / "learning.png").stat().st_size > 10_000
     with open(next((tmp_path / "run" / "csv").glob("version_*/metrics.csv"))) as f:
         logged = [r for r in csv.DictReader(f) if r.get("heldout/l1")]
@@ -119,6 +192,19 @@ def test_learning_check_cli_writes_curve_table_plot_and_resumes(tmp_path):
     history2 = json.loads((tmp_path / "run" / "heldout.json").read_text())["history"]
     assert [h["step"] for h in history2] == [0, 2, 4, 6]
     assert history2[2] == history[2]
+
+    # rescore: the kept checkpoints (steps 2, 4, 6) give the numbers the callback recorded, the run is untouched
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step*.ckpt"))
+    assert kept == ["step00000002.ckpt", "step00000004.ckpt", "step00000006.ckpt"]
+    before = (tmp_path / "run" / "heldout.json").read_text()
+    out = main(["rescore", str(tmp_path), "--dest", str(tmp_path / "rescored")])
+    assert (tmp_path / "run" / "heldout.json").read_text() == before
+    rescored = json.loads(out["heldout"].read_text())["history"]
+    assert [h["step"] for h in rescored] == [0, 2, 4, 6]  # step 0 has no checkpoint: kept from the run's record
+    for old, new in zip(history2[1:], rescored[1:], strict=True):
+        for k in ("l1", "l1_copy_source", "reconstruction_floor"):
+            assert new["groups"]["all"][k] == pytest.approx(old["groups"]["all"][k], rel=1e-5)
+    assert "blur_matched_copy_source" in out["report"].read_text() and out["plot"].stat().st_size > 10_000
 
 
 def test_prepare_only_writes_the_data_and_prepared_requires_it(tmp_path):

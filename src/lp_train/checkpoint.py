@@ -147,14 +147,20 @@ def save_model(model: nn.Module, path: str | os.PathLike, config: Mapping | None
 
 
 def read_model_state(path: str | os.PathLike, prefix: str | None = None) -> dict[str, torch.Tensor]:
-    """State dict from our model file, from a Lightning ``.ckpt`` (keys under ``prefix``, default ``model.``),
-    or from an official release folder."""
-    path = Path(path)
+    """State dict from our model file (float16-stored shipped models come back as float32), from a Lightning
+    ``.ckpt`` (keys under ``prefix``, default ``model.``), from an official release folder, or from a shipped
+    model's short name (``lp_train.pretrained``, e.g. ``stage1_tiny_faces``)."""
+    from lp_train.pretrained import resolve
+
+    path = resolve(path)
     if path.is_dir():
         return from_liveportrait(read_official_dir(path))
     obj = _trusted_load(path)
     if obj.get("format") == MODEL_FORMAT:
-        return obj["state_dict"]
+        sd = obj["state_dict"]
+        if obj.get("storage_dtype") == "float16":
+            sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+        return sd
     if "state_dict" in obj:  # Lightning checkpoint
         prefix = "model." if prefix is None else prefix
         sd = {k.removeprefix(prefix): v for k, v in obj["state_dict"].items() if k.startswith(prefix)}
@@ -164,11 +170,18 @@ def read_model_state(path: str | os.PathLike, prefix: str | None = None) -> dict
     raise CheckpointError(f"{path}: not an lp-train model file, a Lightning checkpoint or an official folder")
 
 
-def load_model_weights(model: nn.Module, path: str | os.PathLike, prefix: str | None = None) -> None:
-    """Strictly load any supported checkpoint into ``model``. A model without stage-2 heads loads base weights only
-    when the checkpoint has heads; a model with heads requires them."""
+def load_model_weights(
+    model: nn.Module, path: str | os.PathLike, prefix: str | None = None, heads_optional: bool = False
+) -> None:
+    """Strictly load any supported checkpoint (or shipped short name) into ``model``. A model without stage-2 heads
+    loads base weights only when the checkpoint has heads; a model with heads requires them, unless
+    ``heads_optional`` (stage 1, which neither trains nor uses them): a base-only checkpoint then leaves them as
+    they are."""
+    heads = "stitching_retargeting_module."
     sd = read_model_state(path, prefix)
     expected = model.state_dict()
-    if not any(k.startswith("stitching_retargeting_module.") for k in expected):
-        sd = {k: v for k, v in sd.items() if not k.startswith("stitching_retargeting_module.")}
+    if not any(k.startswith(heads) for k in expected):
+        sd = {k: v for k, v in sd.items() if not k.startswith(heads)}
+    elif heads_optional and not any(k.startswith(heads) for k in sd):
+        sd = {**sd, **{k: v for k, v in expected.items() if k.startswith(heads)}}
     load_strict(model, sd, str(path))

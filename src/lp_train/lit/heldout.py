@@ -1,16 +1,16 @@
 """Held-out self-reenactment tracked during training: every ``every_n_steps`` the module's eval model animates fixed
-held-out pairs (source frame -> driving frame of the same clip) and its L1 is compared with the copy-the-source
-baseline (prediction = source frame), per clip and per group (e.g. ``seen`` identities' unseen clip segments and
-``unseen`` identities). This is the "does it learn motion" number of issue 6: a model that does not move the face
-cannot beat copy-the-source.
+held-out pairs (source frame -> driving frame of the same clip), per clip and per group (e.g. ``seen`` identities'
+unseen clip segments and ``unseen`` identities), beside controls on the same frames (``lp_train.metrics.controls``):
+copy-the-source (a model that does not move the face cannot beat it), the blur-matched copy of the source (a model
+that learnt appearance but no motion scores like it), the large-motion subset and a 1/8-resolution L1.
 
 The pairs file (``lp_train.learning_check`` writes one) is a ``torch.save``d dict, loaded with ``weights_only=True``::
 
     {clip_name: {"group": str, "source": (N, 3, S, S) float [0, 1], "driving": (N, 3, S, S) float [0, 1]}}
 
-Every rank evaluates (the same numbers; no collectives); global rank 0 logs ``heldout/l1``, ``heldout/l1_copy_source``
-and ``heldout/<group>/{l1,l1_copy_source}`` to the trainer's loggers and writes ``<output_dir>/heldout.json`` (the
-history; atomic rewrite, entries past the resume step are dropped on resume).
+Every rank evaluates (the same numbers; no collectives); global rank 0 logs the scalars of ``heldout_scalars``
+(``heldout/l1``, ``heldout/<group>/copy_source/l1``, ...) to the trainer's loggers and writes
+``<output_dir>/heldout.json`` (the history; atomic rewrite, entries past the resume step are dropped on resume).
 """
 
 from __future__ import annotations
@@ -44,38 +44,59 @@ def load_pairs(path: str | Path) -> dict[str, dict]:
 
 @torch.no_grad()
 def reenactment_l1(model: torch.nn.Module, pairs: dict[str, dict], batch_size: int = 16) -> dict:
-    """Per-clip and per-group L1 of ``model(source, driving)["image"]`` (resized to the input size, clamped to [0, 1])
-    and of the copied source against the driving frames; groups and the total are pair-weighted means."""
+    """Per-clip and per-group scores of ``model(source, driving)["image"]`` (resized to the input size, clamped to
+    [0, 1]) beside the controls of ``lp_train.metrics.controls`` on the same frames: ``copy_source``,
+    ``blur_matched_copy_source`` (matched to the model's self-reconstruction L1 ``reconstruction_floor``), the
+    ``large_motion`` subset and the 1/8-resolution ``l1_low``. Groups and the total are pair-weighted means."""
     from lp_train.lit.stage1 import resize_to
+    from lp_train.metrics.controls import clip_scores, frame_l1s, score_table, source_runs
 
     param = next(model.parameters())
     device, dtype = param.device, param.dtype  # bf16 weights under DeepSpeed's bf16 mode take bf16 inputs
+
+    def run(src: torch.Tensor, drv: torch.Tensor) -> torch.Tensor:
+        out = model(src.to(device, dtype), drv.to(device, dtype))["image"].float()
+        return resize_to(out, drv.shape[-1]).clamp(0, 1).cpu()
+
     modes = {m: m.training for m in model.modules()}
     model.eval()
     clips: dict[str, dict] = {}
     try:
         for name, clip in pairs.items():
-            pred_sum = copy_sum = 0.0
-            n = len(clip["source"])
-            for i in range(0, n, batch_size):
-                src = clip["source"][i : i + batch_size].to(device, torch.float32)
-                drv = clip["driving"][i : i + batch_size].to(device, torch.float32)
-                pred = resize_to(model(src.to(dtype), drv.to(dtype))["image"].float(), drv.shape[-1]).clamp(0, 1)
-                pred_sum += (pred - drv).abs().mean(dim=(1, 2, 3)).sum().item()
-                copy_sum += (src - drv).abs().mean(dim=(1, 2, 3)).sum().item()
-            clips[name] = {"group": clip.get("group", "all"), "pairs": n, "l1": pred_sum / n,
-                           "l1_copy_source": copy_sum / n}  # fmt: skip
+            source, driving = clip["source"].float(), clip["driving"].float()
+            parts = [frame_l1s(run(source[i : i + batch_size], driving[i : i + batch_size]),
+                               driving[i : i + batch_size]) for i in range(0, len(source), batch_size)]  # fmt: skip
+            model_l1 = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+            starts, counts = source_runs(source)
+            uniq = source[starts]
+            recon = torch.cat([run(uniq[i : i + batch_size], uniq[i : i + batch_size])
+                               for i in range(0, len(uniq), batch_size)])  # fmt: skip
+            clips[name] = {"group": clip.get("group", "all"),
+                           **clip_scores(model_l1, source, driving, recon, starts, counts)}  # fmt: skip
     finally:
         for m, training in modes.items():
             m.train(training)
-    groups: dict[str, dict] = {}
-    for key in sorted({c["group"] for c in clips.values()}) + ["all"]:
-        members = [c for c in clips.values() if key == "all" or c["group"] == key]
-        n = sum(c["pairs"] for c in members)
-        l1 = sum(c["l1"] * c["pairs"] for c in members) / n
-        copy = sum(c["l1_copy_source"] * c["pairs"] for c in members) / n
-        groups[key] = {"pairs": n, "l1": l1, "l1_copy_source": copy, "ratio": l1 / max(copy, 1e-12)}
-    return {"clips": clips, "groups": groups}
+    return score_table(clips)
+
+
+def heldout_scalars(result: dict) -> dict[str, float]:
+    """Logger scalars of one evaluation: per group (``heldout/`` for all pairs, ``heldout/<group>/``) and per clip
+    (``heldout/clip/<name>/``): ``<method>/{l1,l1_low}`` for the model and every control, ``large_motion/<method>/l1``,
+    ``reconstruction_floor``, and the flat ``l1`` / ``l1_copy_source`` of earlier runs."""
+    from lp_train.metrics.controls import METHODS
+
+    metrics = {}
+    rows = [("heldout" if k == "all" else f"heldout/{k}", g) for k, g in result["groups"].items()]
+    rows += [(f"heldout/clip/{k}", c) for k, c in result["clips"].items()]
+    for prefix, e in rows:
+        metrics[f"{prefix}/l1"], metrics[f"{prefix}/l1_copy_source"] = e["l1"], e["l1_copy_source"]
+        metrics[f"{prefix}/reconstruction_floor"] = e["reconstruction_floor"]
+        for m in METHODS:
+            for k, v in e[m].items():
+                metrics[f"{prefix}/{m}/{k}"] = v
+            if e["large_motion"][m] is not None:
+                metrics[f"{prefix}/large_motion/{m}/l1"] = e["large_motion"][m]["l1"]
+    return metrics
 
 
 class HeldOutReenactment(L.Callback):
@@ -116,13 +137,15 @@ class HeldOutReenactment(L.Callback):
         self.history.append({"step": step, **result})
         if not trainer.is_global_zero:
             return
-        metrics = {}
-        for group, g in result["groups"].items():
-            prefix = "heldout" if group == "all" else f"heldout/{group}"
-            metrics[f"{prefix}/l1"], metrics[f"{prefix}/l1_copy_source"] = g["l1"], g["l1_copy_source"]
+        metrics = heldout_scalars(result)
         for lg in trainer.loggers:
             lg.log_metrics(metrics, step=step)
-        summary = ", ".join(f"{k} {g['l1']:.4f} (copy {g['l1_copy_source']:.4f})" for k, g in result["groups"].items())
+        summary = ", ".join(
+            f"{k} {g['l1']:.4f} (copy {g['l1_copy_source']:.4f}, "
+            f"blur-matched {g['blur_matched_copy_source']['l1']:.4f}, "
+            f"floor {g['reconstruction_floor']:.4f})"
+            for k, g in result["groups"].items()
+        )
         log.info("held-out reenactment L1 at step %d: %s", step, summary)
         if self.out_file is not None:
             record = {"pairs": str(self.pairs_path), "history": self.history}

@@ -96,7 +96,8 @@ class Stage1Module(L.LightningModule):
         max_nonfinite: stop with an error after this many consecutive non-finite losses or gradients.
         image_every: log an image grid every N generator steps (0: never).
         num_images: rows in the grids.
-        init_weights: fine-tune start: our model file, a Lightning .ckpt or an official release folder (or None).
+        init_weights: fine-tune start: our model file, a Lightning .ckpt, an official release folder or a shipped
+            model's short name (``lp_train.pretrained``, e.g. ``stage1_tiny_faces``).
         channels_last: channels_last memory format for F, M, W, G and the discriminators (``to_channels_last``).
         compile: ``torch.compile`` networks in place: True = F, M, W, G and the discriminators, or a list of names
             from ``COMPILABLE`` (e.g. ``[warping_module, spade_generator]``); False = none.
@@ -140,7 +141,7 @@ class Stage1Module(L.LightningModule):
         if model.stitching_retargeting_module is not None:
             model.stitching_retargeting_module.requires_grad_(False)  # stage 2's heads: not trained here
         if init_weights:
-            load_model_weights(self.model, init_weights)
+            load_model_weights(self.model, init_weights, heads_optional=True)
             log.info("stage 1: fine-tuning from %s", init_weights)
         self.compile_names = _compile_names(compile)
         self._accelerated = False
