@@ -21,9 +21,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from lp_train.animate import Animator, feather_mask, paste_back
-from lp_train.crop import crop_affine, crop_params_from_landmarks, warp_crop
-from lp_train.face_detect import FaceDetector
+from lp_train.animate import Animator
+from lp_train.face.crop import crop_affine, crop_params_from_landmarks, warp_crop
+from lp_train.face.detect import FaceDetector
+from lp_train.face.track import feather_mask, paste_back
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PAPER_MS = {"W": 5.21, "G": 7.59, "total (W + G)": 12.8}

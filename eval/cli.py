@@ -34,12 +34,13 @@ from lp_eval.report import (
     write_videos,
 )
 from lp_eval.store import rank_world
+from lp_train.conf import CONF_DIR
 from omegaconf import DictConfig, OmegaConf
 
+from lp_train import runinfo
 from lp_train.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def _init_distributed() -> None:
@@ -79,8 +80,6 @@ def evaluate(cfg: DictConfig) -> dict:
 
 
 def _write_reports(cfg: DictConfig, ctx: EvalContext, summary: dict, results: dict[str, ProtocolResult]) -> None:
-    from lp_train import runinfo
-
     rep = cfg.eval.report
     media = {}
     for name, res in results.items():

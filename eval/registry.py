@@ -26,7 +26,7 @@ def register_protocol(name: str) -> Callable[[Callable], Callable]:
 
 def get_protocol(name: str) -> Callable:
     """The protocol registered as ``name`` (``KeyError`` lists the known ones)."""
-    import lp_eval.protocols  # noqa: F401 - registers the built-in protocols
+    import lp_eval.protocols  # noqa: F401  deferred: protocols.py imports this module to register the built-ins
 
     if name not in PROTOCOLS:
         raise KeyError(f"unknown evaluation protocol {name!r}; registered: {sorted(PROTOCOLS)}")

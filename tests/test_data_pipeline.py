@@ -10,7 +10,6 @@ import pytest
 import torch
 import webdataset as wds
 
-from data_prep import shard_format as sf
 from lp_train.data import (
     LivePortraitDataModule,
     LoaderConfig,
@@ -19,6 +18,7 @@ from lp_train.data import (
     check_batch,
     finalize_batch,
 )
+from lp_train.data import shard_format as sf
 from lp_train.data.augment import AugmentConfig
 
 pytestmark = pytest.mark.usefixtures("lp_data_one_thread")

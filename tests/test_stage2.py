@@ -10,13 +10,13 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from lp_train import landmarks as lm
 from lp_train.checkpoint import save_model
 from lp_train.data.synthetic import SyntheticPairs
+from lp_train.face import landmarks as lm
 from lp_train.keypoints import apply_stitching, retarget_input, stitching_input
 from lp_train.lit.stage2 import BASE_NETS, Stage2Module, init_head
-from lp_train.models.landmark_regressor import LandmarkRegressor
 from lp_train.models.stitching import StitchingRetargeting, StitchingRetargetingNetwork
+from lp_train.teachers.landmark_regressor import LandmarkRegressor
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -1,7 +1,7 @@
 """lp-animate: drive a portrait with a video through a trained (or the official) LivePortrait (paper Sec. 3, Fig. 2;
 the official inference pipeline's relative motion, stitching and eye/lip retargeting, Sec. 3.2).
 
-Per driving frame: crop the face with the curation crop (``lp_train.crop``) -> M on the driving crop -> keypoints
+Per driving frame: crop the face with the curation crop (``lp_train.face.crop``) -> M on the driving crop -> keypoints
 with motion relative to the first driving frame (``keypoints.relative_motion``; a driving *image* transfers its
 absolute pose and expression) -> optional eye / lip retargeting Δ (target ratio: a number, or ``driving`` for the
 driving frame's own ratio) -> optional stitching -> W -> G -> paste the crop back into the full source frame with a
@@ -28,11 +28,12 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from lp_train import landmarks as lm
 from lp_train.animate_io import AnimateError, VideoWriter, is_image, probe_video, read_image, read_video
 from lp_train.checkpoint import CheckpointError, check_state_dict, read_model_state
-from lp_train.crop import crop_affine, crop_params_from_landmarks, invert_affine, smooth_crop_params, warp_crop
-from lp_train.face_detect import FaceDetector
+from lp_train.conf import CONF_DIR
+from lp_train.face import landmarks as lm
+from lp_train.face.crop import crop_affine, warp_crop
+from lp_train.face.track import NoFaceError, feather_mask, paste_back, track_face
 from lp_train.keypoints import (
     MotionInfo,
     apply_stitching,
@@ -44,7 +45,6 @@ from lp_train.keypoints import (
 from lp_train.models.liveportrait import LivePortrait
 
 log = logging.getLogger(__name__)
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 HEAD_PREFIX = "stitching_retargeting_module."
 
 
@@ -145,53 +145,6 @@ class Animator:
 
 
 # -- faces, crops, paste-back --------------------------------------------------------------------------------------
-@dataclass
-class FaceTrack:
-    """Per-frame face landmarks (pixels) and smoothed crop parameters ``[cx, cy, size, angle]`` of a clip."""
-
-    landmarks: np.ndarray  # (T, 478, 2), gaps filled from the nearest frame with a face
-    params: np.ndarray  # (T, 4)
-    missing: int  # frames without a detected face
-
-
-def track_face(frames: Iterator[np.ndarray], video: bool, smooth_sigma: float, what: str, **crop_kw) -> FaceTrack:
-    """Detect the largest face in every frame (tracking in video mode) and derive the curation crop per frame."""
-    found: list[np.ndarray | None] = []
-    with FaceDetector(video=video, max_faces=1) as det:
-        for rgb in tqdm(frames, desc=f"detect {what}", unit="frame", disable=not video):
-            faces = det.detect(rgb)
-            found.append(faces[0].landmarks if faces else None)
-    hits = [i for i, f in enumerate(found) if f is not None]
-    if not hits:
-        raise AnimateError(f"no face found in {what} ({len(found)} frame(s) checked)")
-    if len(hits) < len(found):
-        log.warning("%s: no face in %d of %d frames; using the nearest frame's face", what, len(found) - len(hits),
-                    len(found))  # fmt: skip
-    nearest = np.array([min(hits, key=lambda h: abs(h - i)) for i in range(len(found))])
-    lmk = np.stack([found[i] for i in nearest]).astype(np.float32)
-    params = np.stack([crop_params_from_landmarks(p, **crop_kw) for p in lmk])
-    return FaceTrack(lmk, smooth_crop_params(params, smooth_sigma), len(found) - len(hits))
-
-
-def feather_mask(size: int, feather: float) -> np.ndarray:
-    """(size, size) float32 mask: 1 inside, a smooth ramp to 0 over ``feather`` x size at the borders."""
-    c = (np.arange(size, dtype=np.float32) + 0.5) / size
-    edge = np.minimum(c, 1 - c)
-    ramp = np.clip(edge / max(feather, 1e-6), 0.0, 1.0)
-    ramp = ramp * ramp * (3 - 2 * ramp)  # smoothstep
-    return np.minimum(ramp[:, None], ramp[None, :])
-
-
-def paste_back(frame: np.ndarray, crop: np.ndarray, affine: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Blend ``crop`` ((S, S, 3) uint8; ``affine`` maps frame pixels to crop pixels) into ``frame``."""
-    h, w = frame.shape[:2]
-    inv = invert_affine(affine)
-    warped = cv2.warpAffine(crop, inv, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    alpha = cv2.warpAffine(mask, inv, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)[..., None]
-    out = alpha * warped.astype(np.float32) + (1 - alpha) * frame.astype(np.float32)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-
-
 def side_by_side(*images: np.ndarray) -> np.ndarray:
     """Concatenate RGB images horizontally at the height of the last one."""
     h = images[-1].shape[0]
@@ -258,8 +211,11 @@ def animate(cfg: DictConfig) -> Path:
     out_size = 2 * size
     src = Media.open(cfg.source, cfg.max_frames, "source")
     drv = Media.open(cfg.driving, cfg.max_frames, "driving")
-    src_track = track_face(src.frames(), src.image is None, cfg.crop.smooth_sigma, f"source {src.path}", **crop_kw)
-    drv_track = track_face(drv.frames(), drv.image is None, cfg.crop.smooth_sigma, f"driving {drv.path}", **crop_kw)
+    try:
+        src_track = track_face(src.frames(), src.image is None, cfg.crop.smooth_sigma, f"source {src.path}", **crop_kw)
+        drv_track = track_face(drv.frames(), drv.image is None, cfg.crop.smooth_sigma, f"driving {drv.path}", **crop_kw)
+    except NoFaceError as e:
+        raise AnimateError(str(e)) from e
     n = drv.num_frames if src.image is not None else min(src.num_frames, drv.num_frames)
     mask = feather_mask(out_size, cfg.feather)
     output = Path(cfg.output)

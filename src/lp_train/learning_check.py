@@ -29,16 +29,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra import compose, initialize_config_dir
 
+from lp_train.conf import CONF_DIR
+from lp_train.data import shard_format as sf
+from lp_train.data.batch import collate_pairs, compact_pair
+from lp_train.data.sample_shards import face_folder_samples, synthetic_samples, write_shards
 from lp_train.fileio import atomic_write_text
+from lp_train.train import train
 
 log = logging.getLogger(__name__)
 
 
 def cut_clip(sample, start: int, stop: int, chunk: int):
     """Frames ``[start, stop)`` of a clip sample as a sample of its own (chunk ``chunk`` of the same clip)."""
-    from data_prep import shard_format as sf
-
     meta, frames, lmks = sample
     meta = dataclasses.replace(
         meta,
@@ -88,8 +92,6 @@ def split_samples(samples: Iterable, unseen: Iterable[str] = (), tail: float = 0
 
 def first_frame_pairs(held: list, groups: list[str]) -> dict[str, dict]:
     """Self-reenactment pairs (first frame -> every later frame) of each held-out clip, at the loader's input size."""
-    from lp_train.data.batch import collate_pairs, compact_pair
-
     pairs = {}
     for (meta, frames, lmks), group in zip(held, groups, strict=True):
         chw = [torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1).contiguous() for f in frames]
@@ -156,8 +158,6 @@ def report(heldout_json: Path, out_dir: Path) -> tuple[Path, Path]:
 
 def prepare(args: argparse.Namespace, shards: Path, pairs_file: Path) -> None:
     """Steps 1-3: crop (or draw) the faces, split them, write the shards and the held-out pairs."""
-    from lp_train.data.sample_shards import face_folder_samples, synthetic_samples, write_shards
-
     frames = args.frames_per_clip
     if args.synthetic:
         samples = synthetic_samples(num_identities=4, frames_per_clip=frames, num_images=2, size=args.size)
@@ -196,10 +196,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of conf/train.yaml (default experiment=stage1_tiny)")
     args = ap.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from hydra import compose, initialize_config_dir
-
-    from lp_train.train import CONF_DIR, train
-
     out = args.out.resolve()
     shards, pairs_file = out / "shards", out / "pairs.pt"
     if args.prepared:

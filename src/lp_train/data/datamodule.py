@@ -32,7 +32,7 @@ def _loader(dataset, num_workers: int, persistent: bool, pin_memory: bool, **kw)
 
 
 class LivePortraitDataModule(L.LightningDataModule):
-    """(source, driving) pair batches from WebDataset shards written by ``lp-prep`` (``data_prep.shard_format``).
+    """(source, driving) pair batches from WebDataset shards written by ``lp-prep`` (``lp_train.data.shard_format``).
 
     The loaders yield compact uint8 batches; ``on_after_batch_transfer`` finalises them on the device, so a
     LightningModule receives the contract (it must not override ``on_after_batch_transfer`` itself, or must call

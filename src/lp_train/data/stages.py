@@ -23,9 +23,9 @@ import torch.nn.functional as F
 import torchvision.io as tvio
 import webdataset as wds
 
-from data_prep.shard_format import NUM_LANDMARKS, SampleMeta, decode_npy, frame_names
 from lp_train.data import augment
 from lp_train.data.batch import compact_pair
+from lp_train.data.shard_format import NUM_LANDMARKS, SampleMeta, decode_npy, frame_names
 
 log = logging.getLogger(__name__)
 

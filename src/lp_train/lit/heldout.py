@@ -23,6 +23,7 @@ import lightning as L
 import torch
 
 from lp_train.fileio import atomic_write_text
+from lp_train.images import resize_to
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,6 @@ def load_pairs(path: str | Path) -> dict[str, dict]:
 def reenactment_l1(model: torch.nn.Module, pairs: dict[str, dict], batch_size: int = 16) -> dict:
     """Per-clip and per-group L1 of ``model(source, driving)["image"]`` (resized to the input size, clamped to [0, 1])
     and of the copied source against the driving frames; groups and the total are pair-weighted means."""
-    from lp_train.lit.stage1 import resize_to
-
     param = next(model.parameters())
     device, dtype = param.device, param.dtype  # bf16 weights under DeepSpeed's bf16 mode take bf16 inputs
     modes = {m: m.training for m in model.modules()}

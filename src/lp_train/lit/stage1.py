@@ -34,6 +34,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from lp_train.checkpoint import load_model_weights
+from lp_train.images import resize_to
 from lp_train.keypoints import keypoints_from_motion
 from lp_train.lit.ema import EMA
 from lp_train.lit.monitoring import grad_norm
@@ -59,14 +60,6 @@ from lp_train.losses.gan import mean_logit
 from lp_train.models.liveportrait import LivePortrait
 
 log = logging.getLogger(__name__)
-
-
-def resize_to(images: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, size, size), antialiased bilinear (identity when already that size)."""
-    if images.shape[-1] == size and images.shape[-2] == size:
-        return images
-    return torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True,
-                                           align_corners=False)  # fmt: skip
 
 
 GENERATOR_NETS = ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator")

@@ -12,8 +12,8 @@ gradients). The three MLP heads start with a zero output (hidden layers randomly
   eye mask + λ‖Δ_eyes‖₁;
 - lips R_lip: the same with x_s ⧺ source lip ratio ⧺ target, the lip ratio and the lip mask.
 
-Ratios are ``lp_train.landmarks.eye_open_ratio`` / ``lip_open_ratio`` of the landmark model's points (protocol in
-``lp_train.models.landmark_regressor``). The paper gives no loss weights; ours are config values (conf/module).
+Ratios are ``lp_train.face.landmarks.eye_open_ratio`` / ``lip_open_ratio`` of the landmark model's points (protocol in
+``lp_train.teachers.landmark_regressor``). The paper gives no loss weights; ours are config values (conf/module).
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from torch import nn
 from torchvision.utils import make_grid
 
 from lp_train.checkpoint import check_state_dict, read_model_state
+from lp_train.face.landmarks import eye_open_ratio, lip_open_ratio
 from lp_train.keypoints import apply_stitching, retarget_input, stitching_input, transform_keypoints
-from lp_train.landmarks import eye_open_ratio, lip_open_ratio
 from lp_train.lit.visualize import log_grid
-from lp_train.models.landmark_regressor import RATIO_INDICES, model_indices, predict_mesh
 from lp_train.models.liveportrait import LivePortrait
+from lp_train.teachers.landmark_regressor import RATIO_INDICES, model_indices, predict_mesh
 from lp_train.weights import load_into
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class Stage2Module(L.LightningModule):
     Args:
         model: LivePortrait with ``stitching_retargeting_module``.
         optimizer: partial optimiser (``_partial_: true``), called with the trained heads' parameters.
-        landmark_model: differentiable landmark network (protocol in ``lp_train.models.landmark_regressor``);
+        landmark_model: differentiable landmark network (protocol in ``lp_train.teachers.landmark_regressor``);
             required when ``eye`` or ``lip`` is trained.
         scheduler: optional partial LR scheduler, stepped every optimisation step.
         heads: the heads to train, any of ``stitching``, ``eye``, ``lip`` (all three jointly by default).
@@ -165,7 +165,7 @@ class Stage2Module(L.LightningModule):
         lmk = self.landmark_model
         if lmk is None:
             raise ValueError(
-                "training the eye or lip head needs a landmark_model (see lp_train.models.landmark_regressor)"
+                "training the eye or lip head needs a landmark_model (see lp_train.teachers.landmark_regressor)"
             )
         if weights is not None:
             load_into(lmk, "landmark", weights)
