@@ -1,4 +1,5 @@
-"""The registry of named evaluation protocols (STYLE rule 16; stylegan3's ``metric_main.register_metric``).
+"""The registry of named evaluation protocols (as stylegan3's ``metric_main.register_metric``;
+CONTRIBUTING.md: how to add a metric or benchmark).
 
 A protocol is a function ``(ctx: EvalContext, cfg: DictConfig) -> ProtocolResult`` registered under its name;
 ``conf/eval/protocols/*.yaml`` lists the protocols to run by name with their settings. Users add their own

@@ -1,4 +1,5 @@
-"""Checkpoints: the official LivePortrait release format <-> lp-train's model files (STYLE rule 17).
+"""Checkpoints: the official LivePortrait release format <-> lp-train's model files (our networks keep the
+official parameter names, so both load without a key map).
 
 Official release (plain state dicts, loaded by the official inference code with ``strict=True``)::
 

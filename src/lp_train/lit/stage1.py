@@ -14,8 +14,8 @@ Generator loss (weights from ``conf/loss``, names as logged under ``train/g/<ter
     guide                         L_guide Wing loss, 10 landmarks vs 10 keypoints of x_s and x_d (Sec. 3.2)
     l1                            pixel L1 (not in the paper; 0 in the paper config, used by the tiny config)
 
-Discriminator loss: ``train/d/{global,face,lip}``. Manual optimisation with two explicit phases
-(``_generator_step`` then ``_discriminator_step``; STYLE rule 5). ``global_step`` counts generator steps (training
+Discriminator loss: ``train/d/{global,face,lip}``. Manual optimisation with two explicit phases (``_generator_step``
+then ``_discriminator_step``, each readable on its own). ``global_step`` counts generator steps (training
 iterations): the discriminator's optimiser is stepped through the strategy directly so it does not advance it.
 The stitching/retargeting heads in ``model`` (stage 2) are frozen here and receive no gradient.
 """
