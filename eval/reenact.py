@@ -57,6 +57,7 @@ class Reenactor:
             raise ValueError("stitching=true needs a checkpoint with stage-2 heads; set stitching=false (or auto)")
         self.driver = Driver(model, stitching, relative)
         self.model, self.device = model, self.driver.device
+        self.stitching, self.relative = stitching, relative
         self.source: Source | None = None
         self.drv0: MotionInfo | None = None
 
