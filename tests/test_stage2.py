@@ -79,7 +79,7 @@ def batch():
     return SyntheticPairs.collate([ds[i] for i in range(2)])
 
 
-def test_mlp_io_composition_matches_mission():
+def test_mlp_io_composition_matches_the_paper():
     """S: x_s ⧺ x_d (126) -> 65 = Δ for 21x3 keypoints + (Δtx, Δty); R_eyes 66 -> 63; R_lip 65 -> 63."""
     heads = StitchingRetargeting(num_kp=21, zero_init=False)
     b = 3
