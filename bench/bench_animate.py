@@ -1,6 +1,6 @@
 """Animate latency per frame by stage (lp-animate, batch 1, full-size LivePortrait with random weights, CPU).
 
-Stages per driving frame, timed on lp-animate's own code path (``lp_train.animate.Animator`` and helpers):
+Stages per driving frame, timed on lp-animate's own code path (``lp_train.inference.Driver`` and helpers):
 detect (mediapipe face mesh on the 1280x720 driving frame), crop (curation crop params + affine warp to 256²),
 M on the driving crop, keypoints (relative motion + stitching MLP), W (warping module), G (SPADE generator,
 -> 512²), paste-back (inverse affine warp of the crop and the feathered mask into the 1280x720 source frame),
@@ -21,9 +21,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from lp_train.animate import Animator, feather_mask, paste_back
-from lp_train.crop import crop_affine, crop_params_from_landmarks, warp_crop
-from lp_train.face_detect import FaceDetector
+from lp_train.animate import crop_tensor, to_uint8
+from lp_train.face.crop import crop_affine, crop_params_from_landmarks, warp_crop
+from lp_train.face.detect import FaceDetector
+from lp_train.face.track import feather_mask, paste_back
+from lp_train.inference import Driver
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PAPER_MS = {"W": 5.21, "G": 7.59, "total (W + G)": 12.8}
@@ -51,14 +53,14 @@ def _time(fn: Callable[[], object], reps: int) -> tuple[float, object]:
 
 def _stages(model: torch.nn.Module, frame: np.ndarray, lmk: np.ndarray, reps: int) -> list[tuple[str, float]]:
     """Median ms of each per-frame stage after the detector (the source is prepared once, as in lp-animate)."""
-    animator = Animator(model, stitching=True, relative=True)
+    driver = Driver(model, stitching=True, relative=True)
     size, out_size = model.input_size, 2 * model.input_size
     ms_crop, crop = _time(lambda: warp_crop(frame, crop_affine(crop_params_from_landmarks(lmk), size), size), reps)
-    f_s, s_info, x_s = animator.source(crop)
-    ms_m, d_info = _time(lambda: animator.motion(crop), reps)
-    ms_kp, x_d = _time(lambda: animator.keypoints(s_info, x_s, d_info, d_info), reps)
-    ms_w, warped = _time(lambda: animator.warp(f_s, x_s, x_d), reps)
-    ms_g, result = _time(lambda: animator.generate(warped), reps)
+    src = driver.source(crop_tensor(crop, driver.device))
+    ms_m, d_info = _time(lambda: driver.motion(crop_tensor(crop, driver.device)), reps)
+    ms_kp, x_d = _time(lambda: driver.keypoints(src, d_info, d_info), reps)
+    ms_w, warped = _time(lambda: driver.warp(src, x_d), reps)
+    ms_g, result = _time(lambda: to_uint8(driver.decode(warped)), reps)
     aff, mask = crop_affine(crop_params_from_landmarks(lmk), out_size), feather_mask(out_size, 0.1)
     ms_paste, _ = _time(lambda: paste_back(frame, result, aff, mask), reps)
     return [("crop", ms_crop), ("M (driving)", ms_m), ("keypoints + S", ms_kp), ("W", ms_w), ("G", ms_g),

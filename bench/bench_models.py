@@ -88,10 +88,9 @@ def _tiny_chain(reps: int) -> dict:
     """conf/model/tiny.yaml: forward + backward of the whole F, M, W, G chain at batch 1 (the test-suite model)."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
+    from lp_train.conf import CONF_DIR
 
-    from lp_train.ckpt_cli import CONF_DIR
-
-    with initialize_config_dir(config_dir=str(CONF_DIR / "model"), version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_DIR + "/model", version_base="1.3"):
         net = instantiate(compose(config_name="tiny")).train()
     s, d = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
 

@@ -18,7 +18,7 @@ no longer fits is recorded as skipped with the reason, and 100 s are kept for th
    its recompile log with the failed guards).
 4. **distributed**: ``lp-train`` with ``trainer=ddp trainer.devices=1`` (NCCL) for a few steps; DeepSpeed ZeRO-2
    (``trainer=deepspeed``, stage 2: Lightning's DeepSpeed strategy takes one optimiser) when deepspeed is installed.
-5. **animate**: per-frame latency of lp-animate's network path (``lp_train.animate.Animator``: M on the driving
+5. **animate**: per-frame latency of lp-animate's network path (``lp_train.inference.Driver``: M on the driving
    crop, keypoints + stitching S, W, G -> uint8 frame), fp32 / fp16 / bf16 autocast, eager and with W and G
    compiled, beside the paper's 12.8 ms (RTX 4090, fp16: W 5.21 + G 7.59 ms). With ``--official-repo`` (a
    LivePortrait checkout: its ``src/modules`` and ``src/config/models.yaml``) the official W and G are timed on the
@@ -500,8 +500,9 @@ def animate_section(plan: Plan, budget: Budget, official_repo: Path | None, offi
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from lp_train.animate import Animator
+    from lp_train.animate import crop_tensor
     from lp_train.checkpoint import load_model_weights
+    from lp_train.inference import Driver
 
     torch.manual_seed(0)
     with initialize_config_dir(str(CONF / "model"), version_base="1.3"):
@@ -513,7 +514,8 @@ def animate_section(plan: Plan, budget: Budget, official_repo: Path | None, offi
     size = model.input_size
     g = torch.Generator().manual_seed(0)
     src, drv = ((torch.rand(size, size, 3, generator=g) * 255).byte().numpy() for _ in range(2))
-    animator = Animator(model, stitching=True, relative=True)
+    driver = Driver(model, stitching=True, relative=True)
+    src, drv = crop_tensor(src, driver.device), crop_tensor(drv, driver.device)
     rows = []
     modes = [("fp32", None), ("fp16", torch.float16), ("bf16", torch.bfloat16)]
     for compiled in (False, True):
@@ -526,7 +528,7 @@ def animate_section(plan: Plan, budget: Budget, official_repo: Path | None, offi
             if not budget.allows(cost):
                 rows.append(skipped(f"time budget ({budget.left():.0f} s left)", dtype=name, compiled=compiled))
                 continue
-            rows.append(_time_frame(plan, animator, src, drv, name, dtype, compiled))
+            rows.append(_time_frame(plan, driver, src, drv, name, dtype, compiled))
     return {"model": plan.model, "rows": rows, "paper_ms": PAPER_MS, "official": out_official}
 
 
@@ -546,22 +548,21 @@ def _official(plan: Plan, budget: Budget, model, repo: Path | None, weights: Pat
         return {**official_timing(plan, model, repo, Path(tmp)), "weights": "ours (random init), official layout"}
 
 
-def _time_frame(plan: Plan, animator, src, drv, name: str, dtype, compiled: bool) -> dict:
+def _time_frame(plan: Plan, driver, src, drv, name: str, dtype, compiled: bool) -> dict:
     amp = torch.autocast(plan.device, dtype=dtype) if dtype is not None else torch.autocast(plan.device, enabled=False)
     with amp:
-        f_s, s_info, x_s = animator.source(src)
-        d_info = animator.motion(drv)
-        x_d = animator.keypoints(s_info, x_s, d_info, d_info)
-        warped = animator.warp(f_s, x_s, x_d)
-        animator.generate(warped)  # every network has run once in this mode (compiled ones are compiled) before timing
-        stages = {"M": lambda: animator.motion(drv),
-                  "keypoints + S": lambda: animator.keypoints(s_info, x_s, d_info, d_info),
-                  "W": lambda: animator.warp(f_s, x_s, x_d), "G": lambda: animator.generate(warped)}  # fmt: skip
+        source = driver.source(src)
+        d_info = driver.motion(drv)
+        x_d = driver.keypoints(source, d_info, d_info)
+        warped = driver.warp(source, x_d)
+        driver.decode(warped)  # every network has run once in this mode (compiled ones are compiled) before timing
+        stages = {"M": lambda: driver.motion(drv),
+                  "keypoints + S": lambda: driver.keypoints(source, d_info, d_info),
+                  "W": lambda: driver.warp(source, x_d), "G": lambda: driver.decode(warped)}  # fmt: skip
 
         def frame():
-            info = animator.motion(drv)
-            xd = animator.keypoints(s_info, x_s, info, d_info)
-            return animator.generate(animator.warp(f_s, x_s, xd))
+            info = driver.motion(drv)
+            return driver.decode(driver.warp(source, driver.keypoints(source, info, d_info)))
 
         frames0 = dynamo_frames()
         ms = {k: median_ms(fn, plan.device, plan.animate_reps) for k, fn in stages.items()}

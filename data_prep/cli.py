@@ -16,15 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from pathlib import Path
 
 import hydra
+from lp_train.conf import CONF_DIR
 from omegaconf import DictConfig
 
 from data_prep.report import merge
 from data_prep.run import run
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 log = logging.getLogger(__name__)
 
 

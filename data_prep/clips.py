@@ -1,11 +1,13 @@
 """Clip assembly of curation: scene cuts, temporally smoothed LivePortrait crops, clip chunking.
 
-LivePortrait (Guo et al. 2024, Sec. 4.1) trains on clips of one person cropped with its face crop (``lp_train.crop``:
-square, x2.3, up 0.125, roll removed). A clip is a run of consecutive usable frames of one tracked face; it ends at
-a dropped frame, a scene cut, or ``max_clip_seconds``. Crop parameters are smoothed over the clip with a Gaussian
+LivePortrait (Guo et al. 2024, Sec. 4.1) trains on clips of one person cropped with its face crop
+(``lp_train.face.crop``: square, x2.3, up 0.125, roll removed). A clip is a run of consecutive usable frames of
+one tracked face; it ends at a dropped frame, a scene cut, or ``max_clip_seconds``. Crop parameters are smoothed
+over the clip with a Gaussian
 (sigma ``smooth_seconds``) so that the crop does not jitter. The smoothing is streamed: a frame is cropped as soon
 as the parameters ``4 sigma`` frames ahead are known (or the clip ended), so only that many raw frames are held in
-memory; each crop is JPEG-encoded at once. The result equals ``lp_train.crop.smooth_crop_params`` on the whole clip.
+memory; each crop is JPEG-encoded at once. The result equals ``lp_train.face.crop.smooth_crop_params`` on the
+whole clip.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import cv2
 import numpy as np
 
 from data_prep.filters import IdentityEncoder, sharpness
-from data_prep.shard_format import encode_jpeg
-from lp_train.crop import crop_affine, crop_params_from_landmarks, transform_points, warp_crop
-from lp_train.face_detect import Face
+from lp_train.data.shard_format import encode_jpeg
+from lp_train.face.crop import crop_affine, crop_params_from_landmarks, transform_points, warp_crop
+from lp_train.face.detect import Face
 
 
 @dataclass

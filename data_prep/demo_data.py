@@ -28,9 +28,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from hydra import compose, initialize_config_dir
+from lp_train.conf import CONF_DIR
+from omegaconf import OmegaConf
 from PIL import Image
 
-from lp_train.face_detect import MOUTH, FaceDetector
+from data_prep.cli import execute
+from lp_train.face.detect import FaceDetector
+from lp_train.face.landmarks import INNER_LIP_UPPER, MOUTH_CORNERS
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +63,8 @@ def _face_geometry(rgb: np.ndarray) -> tuple[np.ndarray, float, np.ndarray, floa
     lmk = faces[0].landmarks
     box = faces[0].box
     center = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
-    mouth_w = float(np.linalg.norm(lmk[MOUTH["left"]] - lmk[MOUTH["right"]]))
-    return center, faces[0].size, lmk[MOUTH["inner_upper"]].astype(np.float64), mouth_w
+    mouth_w = float(np.linalg.norm(lmk[MOUTH_CORNERS[1]] - lmk[MOUTH_CORNERS[0]]))
+    return center, faces[0].size, lmk[INNER_LIP_UPPER].astype(np.float64), mouth_w
 
 
 def _motion(t: np.ndarray, seed: int) -> np.ndarray:
@@ -152,11 +157,6 @@ def make_demo_corpus(out_dir: str | Path, seconds: float = 2.4, fps: int = 25, s
 def curate_demo(out_dir: str | Path, workers: int = 1, overrides: tuple[str, ...] = ()) -> Path:
     """Make the demo corpus in ``out_dir/raw`` and curate it into ``out_dir/curated`` (default curation config);
     returns the path of ``index.json`` (its shard URLs are relative to that folder)."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from data_prep.cli import CONF_DIR, execute
-
     out = Path(out_dir)
     manifest = make_demo_corpus(out / "raw")
     with initialize_config_dir(CONF_DIR, version_base="1.3"):

@@ -24,7 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lp_train.face_detect import FACE_MESH_68, Face, box_iou, landmark_box
+from lp_train.face.detect import Face, box_iou, landmark_box
+from lp_train.face.landmarks import FACE_MESH_68
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def identity_consistent(descriptors: list[np.ndarray], threshold: float) -> tupl
 class HumanFaceCheck:
     """Is the tracked face a human one? dlib's MMOD CNN human-face detector as a second, independent opinion.
 
-    mediapipe's BlazeFace and face mesh (``lp_train.face_detect``) fire on many animal faces and fit a human mesh
+    mediapipe's BlazeFace and face mesh (``lp_train.face.detect``) fire on many animal faces and fit a human mesh
     to them. dlib's CNN face detector (``mmod_human_face_detector.dat``, shipped by ``face_recognition_models``;
     trained on human faces only) runs on the central 62.5% of a LivePortrait crop, resized to 128² (the face is then
     ~90 px, above the detector's ~80 px window). A frame is confirmed when dlib finds a face whose box overlaps the

@@ -27,8 +27,8 @@ from data_prep.decode import VideoReader, frame_range, load_image
 from data_prep.filters import FilterConfig, HumanFaceCheck, IdentityEncoder, frame_check, identity_consistent
 from data_prep.inputs import InputItem
 from data_prep.probe import MediaInfo, Skip, probe
-from data_prep.shard_format import MAX_CHUNK_FRAMES, SampleMeta, encode_sample_jpegs, sample_key
-from lp_train.face_detect import Face, FaceDetector, box_iou
+from lp_train.data.shard_format import MAX_CHUNK_FRAMES, SampleMeta, encode_sample_jpegs, sample_key
+from lp_train.face.detect import Face, FaceDetector, box_iou
 
 log = logging.getLogger(__name__)
 

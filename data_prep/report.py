@@ -24,8 +24,8 @@ import numpy as np
 from omegaconf import DictConfig
 from PIL import Image, ImageDraw
 
-from data_prep.shard_format import CROP_SIZE, FORMAT_VERSION, decode_npy
 from data_prep.writer import Journal
+from lp_train.data.shard_format import CROP_SIZE, FORMAT_VERSION, decode_npy
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from data_prep.filters import FilterConfig
 from data_prep.inputs import InputItem, discover, task_slice
 from data_prep.pool import ordered_map
 from data_prep.process import ProcessConfig, close_detectors, crash_record, process_input, read_samples
-from data_prep.shard_format import FORMAT_VERSION
 from data_prep.splits import check_identity_disjoint
 from data_prep.writer import Journal, ShardSink, config_digest, recover
+from lp_train.data.shard_format import FORMAT_VERSION
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import os
 import re
 from pathlib import Path
 
-from data_prep.shard_format import SHARD_PATTERN
+from lp_train.data.shard_format import SHARD_PATTERN
 
 log = logging.getLogger(__name__)
 

@@ -34,13 +34,14 @@ from lp_eval.report import (
     write_videos,
 )
 from lp_eval.store import rank_world
+from lp_train.conf import CONF_DIR
 from omegaconf import DictConfig, OmegaConf
 
+from lp_train import runinfo
 from lp_train.fileio import atomic_write_text
 from lp_train.pretrained import resolve as resolve_checkpoint
 
 log = logging.getLogger(__name__)
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def _init_distributed() -> None:
@@ -80,8 +81,6 @@ def evaluate(cfg: DictConfig) -> dict:
 
 
 def _write_reports(cfg: DictConfig, ctx: EvalContext, summary: dict, results: dict[str, ProtocolResult]) -> None:
-    from lp_train import runinfo
-
     rep = cfg.eval.report
     media = {}
     for name, res in results.items():

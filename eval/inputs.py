@@ -3,12 +3,12 @@
 * a **video folder**: every ``.mp4/.mov/.mkv/.webm/.avi`` file, and every sub-folder of image frames, is one video;
 * an **image folder**: the images sorted by name (cross-reenactment takes the first N, as the paper's "first 50
   FFHQ images");
-* **shards** (``data_prep.shard_format``): the chunks of one clip (key ``{source_id}_{clip}_{chunk}``) are joined
+* **shards** (``lp_train.data.shard_format``): the chunks of one clip (key ``{source_id}_{clip}_{chunk}``) are joined
   into one video ``{source_id}_{clip}``; frames are already LivePortrait crops.
 
 Frames are returned as LivePortrait face crops: ``crop: auto`` treats square inputs as crops already (the test
 clips of the paper's datasets and the shared ``d*.mp4`` are) and crops non-square ones with the curation crop
-(``lp_train.crop`` through ``lp_train.animate.track_face``: face mesh per frame, crop smoothed over the clip);
+(``lp_train.face.crop`` through ``lp_train.face.track.track_face``: face mesh per frame, crop smoothed over the clip);
 ``crop: true`` / ``false`` forces it.
 """
 
@@ -29,6 +29,8 @@ import numpy as np
 from PIL import Image
 
 from lp_train.animate_io import IMAGE_EXTS, read_image, read_video
+from lp_train.face.crop import crop_affine, warp_crop
+from lp_train.face.track import NoFaceError, track_face
 
 log = logging.getLogger(__name__)
 
@@ -161,14 +163,10 @@ def face_crops(clip: Clip, crop: str | bool, size: int, max_frames: int | None =
 
 
 def _tracked_crops(clip: Clip, size: int, max_frames: int | None, stride: int, sigma: float) -> list[np.ndarray]:
-    from lp_train.animate import track_face
-    from lp_train.animate_io import AnimateError
-    from lp_train.crop import crop_affine, warp_crop
-
     video = clip.kind != "image"
     try:
         track = track_face(clip.frames(max_frames, stride), video, sigma if video else 0.0, clip.name)
-    except AnimateError as e:  # e.g. a stylised portrait the face mesh misses: keep it, centre-cropped
+    except NoFaceError as e:  # e.g. a stylised portrait the face mesh misses: keep it, centre-cropped
         log.warning("%s: %s; using a centre crop instead of the face crop", clip.name, e)
         return [_square(f, size) for f in clip.frames(max_frames, stride)]
     if track.missing:

@@ -1,4 +1,5 @@
-"""The registry of named evaluation protocols (STYLE rule 16; stylegan3's ``metric_main.register_metric``).
+"""The registry of named evaluation protocols (as stylegan3's ``metric_main.register_metric``;
+CONTRIBUTING.md: how to add a metric or benchmark).
 
 A protocol is a function ``(ctx: EvalContext, cfg: DictConfig) -> ProtocolResult`` registered under its name;
 ``conf/eval/protocols/*.yaml`` lists the protocols to run by name with their settings. Users add their own
@@ -26,7 +27,7 @@ def register_protocol(name: str) -> Callable[[Callable], Callable]:
 
 def get_protocol(name: str) -> Callable:
     """The protocol registered as ``name`` (``KeyError`` lists the known ones)."""
-    import lp_eval.protocols  # noqa: F401 - registers the built-in protocols
+    import lp_eval.protocols  # noqa: F401  deferred: protocols.py imports this module to register the built-ins
 
     if name not in PROTOCOLS:
         raise KeyError(f"unknown evaluation protocol {name!r}; registered: {sorted(PROTOCOLS)}")

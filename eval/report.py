@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 from lp_eval.protocols import ProtocolResult, Sample
 
+from lp_train.animate_io import VideoWriter
 from lp_train.metrics import METRICS, append_result
 
 log = logging.getLogger(__name__)
@@ -167,8 +168,6 @@ def write_grid(samples: list[Sample], path: Path, columns: int) -> Path | None:
 
 def write_videos(samples: list[Sample], folder: Path, count: int, fps: float) -> list[Path]:
     """Short mp4s (source | driving | generated) of the first ``count`` items that kept all their frames."""
-    from lp_train.animate_io import VideoWriter
-
     paths = []
     for s in [s for s in samples if len(s.generated) > 1][:count]:
         path = folder / f"{s.key}.mp4"

@@ -1,4 +1,4 @@
-"""A real single-node SLURM cluster on localhost for the ``slurm`` test tier (MISSION: cluster, item 7).
+"""A real single-node SLURM cluster on localhost for the ``slurm`` test tier.
 
 The cluster is private to one state directory: its own ``munged`` socket, its own ``slurm.conf`` (clients find it
 through ``SLURM_CONF``), free TCP ports for ``slurmctld``/``slurmd`` and pid files that teardown stops by pid. It

@@ -17,10 +17,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from lp_train.animate import animate, feather_mask, paste_back
+from lp_train.animate import animate
 from lp_train.animate_io import AnimateError, demo_inputs, probe_video, read_video
 from lp_train.checkpoint import save_model
-from lp_train.crop import crop_affine, crop_params_from_landmarks, warp_crop
+from lp_train.face.crop import crop_affine, crop_params_from_landmarks, warp_crop
+from lp_train.face.track import feather_mask, paste_back
 from lp_train.lit.stage2 import init_head
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,7 +147,7 @@ def test_driving_image_writes_an_image(faces, tiny_ckpt, tmp_path):
 
 def test_paste_back_of_the_crop_itself_restores_the_frame(faces):
     from lp_train.animate_io import read_image
-    from lp_train.face_detect import FaceDetector
+    from lp_train.face.detect import FaceDetector
 
     rgb = read_image(PORTRAIT)
     with FaceDetector() as det:

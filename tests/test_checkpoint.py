@@ -1,4 +1,5 @@
-"""Checkpoint compatibility with the official release (STYLE rule 17; MISSION.md checkpoint format).
+"""Checkpoint compatibility with the official release (same parameter names, no key map;
+the format is described in ``lp_train/checkpoint.py``).
 
 ``assets/official_state_dict_keys.json`` lists every key and shape of the five official files, as produced by the
 official inference code's modules at the released config (src/config/models.yaml) — the files here are built

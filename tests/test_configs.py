@@ -1,4 +1,4 @@
-"""Config tests (STYLE rule 11): every experiment composes, and its data, networks and trainer instantiate; tiny
+"""Config tests: every experiment composes, and its data, networks and trainer instantiate; tiny
 experiments build their full LightningModule too. Every trainer config constructs. Typos in ``_target_`` fail here,
 not on the cluster."""
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from lp_train import landmarks as lm
 from lp_train.data import augment as A
+from lp_train.face import landmarks as lm
 
 pytestmark = pytest.mark.usefixtures("lp_data_one_thread")
 

@@ -1,4 +1,4 @@
-"""lp_train.landmarks: mediapipe index conventions, flip permutation, eye/lip ratios, regions, head pose."""
+"""lp_train.face.landmarks: mediapipe index conventions, flip permutation, eye/lip ratios, regions, head pose."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lp_train import landmarks as lm
+from lp_train.face import landmarks as lm
 from lp_train.keypoints import rotation_matrix
 
 PERM = np.asarray(lm.FLIP_PERMUTATION)
@@ -93,22 +93,22 @@ def test_ratios_numpy_torch_agree_and_are_differentiable():
 
 
 def test_ratios_follow_eye_and_mouth_opening():
-    from lp_train.data.synthetic import SyntheticPairs, _face_points
+    from lp_train.data.synthetic import SyntheticPairs, face_points
 
     ds, r = SyntheticPairs(), np.random.default_rng(0)
-    frame = ds._frame(r)
-    closed = _face_points(ds._identity(0), {**frame, "left_open": 0.0, "right_open": 1.0, "mouth_open": 0.0})
-    opened = _face_points(ds._identity(0), {**frame, "left_open": 1.0, "right_open": 0.0, "mouth_open": 1.0})
+    frame = ds.random_frame(r)
+    closed = face_points(ds.identity_style(0), {**frame, "left_open": 0.0, "right_open": 1.0, "mouth_open": 0.0})
+    opened = face_points(ds.identity_style(0), {**frame, "left_open": 1.0, "right_open": 0.0, "mouth_open": 1.0})
     (lc, rc), (lo, ro) = lm.eye_open_ratio(closed), lm.eye_open_ratio(opened)
     assert lc < 0.08 < 0.2 < lo and ro < 0.08 < 0.2 < rc
     assert lm.lip_open_ratio(closed)[0] < 0.05 < 0.3 < lm.lip_open_ratio(opened)[0]
 
 
 def test_region_boxes_and_masks():
-    from lp_train.data.synthetic import SyntheticPairs, _face_points
+    from lp_train.data.synthetic import SyntheticPairs, face_points
 
     ds = SyntheticPairs()
-    pts = _face_points(ds._identity(0), ds._frame(np.random.default_rng(3)))
+    pts = face_points(ds.identity_style(0), ds.random_frame(np.random.default_rng(3)))
     boxes = lm.region_boxes(pts)
     assert boxes.shape == (3, 4) and (boxes[:, 2:] > boxes[:, :2]).all()
     for box, idx in zip(boxes, (range(468), lm.LEFT_EYE + lm.RIGHT_EYE, lm.LIPS_OUTER), strict=True):

@@ -11,7 +11,6 @@ import torch
 import webdataset as wds
 from train_helpers import data_settings
 
-from data_prep import shard_format as sf
 from lp_train.data import (
     LivePortraitDataModule,
     LoaderConfig,
@@ -20,6 +19,7 @@ from lp_train.data import (
     check_batch,
     finalize_batch,
 )
+from lp_train.data import shard_format as sf
 from lp_train.data.augment import AugmentConfig
 
 pytestmark = pytest.mark.usefixtures("lp_data_one_thread")

@@ -21,9 +21,10 @@ from data_prep.filters import FilterConfig, IdentityEncoder, identity_consistent
 from data_prep.inputs import discover, read_manifest, task_slice
 from data_prep.probe import probe_video
 from data_prep.process import ProcessConfig, process_input, read_samples
-from data_prep.shard_format import CROP_SIZE, NUM_LANDMARKS, SampleMeta, decode_npy
-from lp_train.crop import crop_params_from_landmarks, smooth_crop_params, warp_crop
-from lp_train.face_detect import LEFT_EYE, MOUTH, RIGHT_EYE, FaceDetector
+from lp_train.data.shard_format import CROP_SIZE, NUM_LANDMARKS, SampleMeta, decode_npy
+from lp_train.face.crop import crop_params_from_landmarks, smooth_crop_params, warp_crop
+from lp_train.face.detect import FaceDetector
+from lp_train.face.landmarks import LEFT_EYE_CORNERS, MOUTH_CORNERS, RIGHT_EYE_CORNERS
 
 needs_faces = pytest.mark.skipif(
     not (FACES / "videos").is_dir(), reason=f"real test faces not found at {FACES} (../shared/data/faces)"
@@ -83,8 +84,8 @@ def test_crops_contain_the_face_upright(curated):
         for key, s in read_shard(shard).items():
             lmk = decode_npy(s["landmarks.npy"])
             assert (lmk > 0).all() and (lmk < 1).all(), key  # every landmark inside the crop
-            eyes = lmk[:, [RIGHT_EYE["outer"], LEFT_EYE["outer"]]]
-            mouth = lmk[:, [MOUTH["left"], MOUTH["right"]]].mean(1)
+            eyes = lmk[:, [RIGHT_EYE_CORNERS[0], LEFT_EYE_CORNERS[0]]]
+            mouth = lmk[:, list(MOUTH_CORNERS)].mean(1)
             assert (eyes[:, :, 1].max(1) < mouth[:, 1]).all(), key  # eyes above the mouth
             assert (eyes[:, 0, 0] < eyes[:, 1, 0]).all()  # roll removed: subject's right eye on the left
             tilt = np.degrees(np.arctan2(eyes[:, 1, 1] - eyes[:, 0, 1], eyes[:, 1, 0] - eyes[:, 0, 0]))

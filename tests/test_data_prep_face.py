@@ -1,4 +1,4 @@
-"""lp_train.face_detect (mediapipe, offline) and lp_train.crop (the LivePortrait crop) on real faces."""
+"""lp_train.face.detect (mediapipe, offline) and lp_train.face.crop (the LivePortrait crop) on real faces."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import skimage.data
 
-from lp_train.crop import (
+from lp_train.face.crop import (
     crop_affine,
     crop_from_landmarks,
     crop_params_from_landmarks,
@@ -18,15 +18,14 @@ from lp_train.crop import (
     transform_points,
     warp_crop,
 )
-from lp_train.face_detect import (
+from lp_train.face.detect import FaceDetector, check_rgb
+from lp_train.face.landmarks import (
     FACE_MESH_68,
-    LEFT_EYE,
+    LEFT_EYE_CORNERS,
     LEFT_IRIS_CENTER,
-    MOUTH,
-    RIGHT_EYE,
+    MOUTH_CORNERS,
+    RIGHT_EYE_CORNERS,
     RIGHT_IRIS_CENTER,
-    FaceDetector,
-    check_rgb,
 )
 
 FACES = Path(__file__).resolve().parents[1] / "../shared/data/faces"
@@ -44,9 +43,9 @@ def detector():
 
 
 def _eye_mouth(lmk: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    right = lmk[[RIGHT_EYE["outer"], RIGHT_EYE["inner"]]].mean(0)
-    left = lmk[[LEFT_EYE["outer"], LEFT_EYE["inner"]]].mean(0)
-    mouth = lmk[[MOUTH["left"], MOUTH["right"]]].mean(0)
+    right = lmk[list(RIGHT_EYE_CORNERS)].mean(0)
+    left = lmk[list(LEFT_EYE_CORNERS)].mean(0)
+    mouth = lmk[list(MOUTH_CORNERS)].mean(0)
     return right, left, mouth
 
 
@@ -66,8 +65,8 @@ def test_detects_real_face_with_478_landmarks(detector, astronaut):
     assert right[0] < left[0]  # subject's right eye on the image left
     assert max(right[1], left[1]) < mouth[1]  # eyes above the mouth
     # iris centres lie between the corners of their eye
-    for iris, eye in ((RIGHT_IRIS_CENTER, RIGHT_EYE), (LEFT_IRIS_CENTER, LEFT_EYE)):
-        xs = sorted([f.landmarks[eye["outer"], 0], f.landmarks[eye["inner"], 0]])
+    for iris, (outer, inner) in ((RIGHT_IRIS_CENTER, RIGHT_EYE_CORNERS), (LEFT_IRIS_CENTER, LEFT_EYE_CORNERS)):
+        xs = sorted([f.landmarks[outer, 0], f.landmarks[inner, 0]])
         assert xs[0] < f.landmarks[iris, 0] < xs[1]
 
 

@@ -25,7 +25,7 @@ from data_prep.filters import FilterConfig, HumanFaceCheck
 from data_prep.inputs import discover
 from data_prep.probe import probe_video
 from data_prep.process import ProcessConfig, process_input, read_samples
-from data_prep.shard_format import SampleMeta
+from lp_train.data.shard_format import SampleMeta
 
 needs_dlib = pytest.mark.skipif(not HumanFaceCheck.available(), reason="dlib-bin + face_recognition_models missing")
 

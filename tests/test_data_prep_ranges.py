@@ -18,9 +18,9 @@ from data_prep.cli import execute
 from data_prep.decode import VideoReader, frame_range
 from data_prep.inputs import discover, parse_range
 from data_prep.probe import probe_video
-from data_prep.shard_format import CROP_SIZE, SampleMeta
 from data_prep.writer import Journal
-from lp_train.crop import warp_crop
+from lp_train.data.shard_format import CROP_SIZE, SampleMeta
+from lp_train.face.crop import warp_crop
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = ("data_prep/filters=tiny", "data_prep/output=tiny", "output.chunk_frames=8")

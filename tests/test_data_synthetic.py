@@ -11,8 +11,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from train_helpers import data_settings
 
-from lp_train import landmarks as lm
 from lp_train.data import SyntheticDataModule, SyntheticPairs, check_batch, finalize_batch
+from lp_train.face import landmarks as lm
 
 pytestmark = pytest.mark.usefixtures("lp_data_one_thread")
 
@@ -44,7 +44,7 @@ def test_pixels_agree_with_landmarks():
     for i in range(6):
         it = {k: v[0] if isinstance(v, torch.Tensor | list) else v for k, v in SyntheticPairs.collate([ds[i]]).items()}
         img, pts, hr = it["source_hr"], it["source_landmarks"].numpy(), 128
-        ident = ds._identity(int(it["identity"].split("-")[1]))
+        ident = ds.identity_style(int(it["identity"].split("-")[1]))
         if it["source_eye_ratio"].min() > 0.2:  # both eyes open: the iris centres show the iris colour
             for c in (lm.LEFT_IRIS[0], lm.RIGHT_IRIS[0]):
                 x, y = (pts[c] * hr).astype(int)

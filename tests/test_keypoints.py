@@ -1,4 +1,5 @@
-"""Keypoint math (MISSION.md: pose bins, R = Rz·Ry·Rx used transposed, x = s(x_c Rᵀ + δ) + t with t_z = 0)."""
+"""Keypoint math (LivePortrait's conventions, ``lp_train/keypoints.py``: 66 pose bins,
+R = Rz·Ry·Rx used transposed, x = s(x_c Rᵀ + δ) + t with t_z = 0)."""
 
 from __future__ import annotations
 

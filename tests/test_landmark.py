@@ -10,10 +10,10 @@ import torch
 from torch.utils.data import DataLoader
 from train_helpers import module_settings
 
-from lp_train import landmarks as lm
 from lp_train.data.synthetic import SyntheticPairs
+from lp_train.face import landmarks as lm
 from lp_train.lit.landmark import LandmarkModule, export_state, landmark_examples, landmark_metrics
-from lp_train.models.landmark_regressor import (
+from lp_train.teachers.landmark_regressor import (
     DEFAULT_INDICES,
     RATIO_INDICES,
     LandmarkRegressor,

@@ -26,8 +26,8 @@ from lp_train.losses import (
 from lp_train.losses.head_pose import PoseTeacher
 from lp_train.losses.perceptual import VGG19_RELU
 from lp_train.losses.regions import square_boxes
-from lp_train.models.arcface import IResNet
-from lp_train.models.hopenet import Hopenet
+from lp_train.teachers.arcface import IResNet
+from lp_train.teachers.hopenet import Hopenet
 
 
 class Identity(nn.Module):

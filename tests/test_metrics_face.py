@@ -18,7 +18,7 @@ from lp_train.metrics.csim import CSIM, cosine_similarity
 from lp_train.metrics.face_params import FaceParamEstimator, FaceParams, MediapipeFaceParams, ModuleFaceParams
 from lp_train.metrics.identity import ArcFaceEmbedder, DlibFaceEmbedder
 from lp_train.metrics.mae import GazeAngularError, angular_error_deg
-from lp_train.models.arcface import IRESNET_LAYERS, IResNet
+from lp_train.teachers.arcface import IRESNET_LAYERS, IResNet
 
 FACES = Path(__file__).resolve().parents[1] / "../shared/data/faces"
 

@@ -14,7 +14,7 @@ import torchvision
 from pytorch_fid.fid_score import calculate_frechet_distance
 
 from lp_train.metrics.fid import FID, frechet_distance, reference_stats, stats_from_features
-from lp_train.metrics.inception import FIDInception, _fid_inception_v3
+from lp_train.metrics.inception import FIDInception, fid_inception_v3
 
 FACES = Path(__file__).resolve().parents[1] / "../shared/data/faces"
 
@@ -34,7 +34,7 @@ def inception_file(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("torch_home")
     path = home / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
     path.parent.mkdir(parents=True)
-    torch.save(_fid_inception_v3(None).state_dict(), path)
+    torch.save(fid_inception_v3(None).state_dict(), path)
     return path
 
 

@@ -34,8 +34,8 @@ def tiny():
     return build("tiny")
 
 
-def test_official_parameter_counts_match_mission_table():
-    """MISSION.md's table, measured from the official code at the released config."""
+def test_official_parameter_counts_match_the_release():
+    """Parameter counts measured from the official code at the released config."""
     stitch = StitchingRetargeting()
     assert n_params(AppearanceFeatureExtractor()) == 836_224
     assert n_params(MotionExtractor()) == 28_118_728

@@ -1,4 +1,4 @@
-"""SLURM tier: the sbatch scripts and the submitit launcher against a real one-node SLURM cluster (MISSION item 7).
+"""SLURM tier: the sbatch scripts and the submitit launcher against a real one-node SLURM cluster.
 
 `make test-slurm` (= ``pytest -m slurm``). The session fixture installs slurm-wlm + munge if needed (root + apt),
 starts a private cluster on localhost (2 CPUs, partition ``debug``) and tears it down at the end; where SLURM cannot

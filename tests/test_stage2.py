@@ -11,13 +11,13 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from train_helpers import module_settings
 
-from lp_train import landmarks as lm
 from lp_train.checkpoint import save_model
 from lp_train.data.synthetic import SyntheticPairs
+from lp_train.face import landmarks as lm
 from lp_train.keypoints import apply_stitching, retarget_input, stitching_input
 from lp_train.lit.stage2 import BASE_NETS, Stage2Module, init_head
-from lp_train.models.landmark_regressor import LandmarkRegressor
 from lp_train.models.stitching import StitchingRetargeting, StitchingRetargetingNetwork
+from lp_train.teachers.landmark_regressor import LandmarkRegressor
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -87,7 +87,7 @@ def batch():
     return SyntheticPairs.collate([ds[i] for i in range(2)])
 
 
-def test_mlp_io_composition_matches_mission():
+def test_mlp_io_composition_matches_the_paper():
     """S: x_s ⧺ x_d (126) -> 65 = Δ for 21x3 keypoints + (Δtx, Δty); R_eyes 66 -> 63; R_lip 65 -> 63."""
     heads = StitchingRetargeting(num_kp=21, zero_init=False)
     b = 3

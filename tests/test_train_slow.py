@@ -1,6 +1,6 @@
-"""Slow stage-1 tests (``make test-all``): the golden loss curve of ``stage1_tiny`` (STYLE rule 18), a run on real
-faces that learns (held-out self-reenactment L1 far below the untrained network's), a real SIGTERM preemption of an
-``lp-train`` process followed by ``resume=auto``, and exact resume through the shard loader."""
+"""Slow stage-1 tests (``make test-all``): the golden loss curve of ``stage1_tiny`` (CONTRIBUTING.md, Conventions),
+a run on real faces that learns (held-out self-reenactment L1 far below the untrained network's), a real SIGTERM
+preemption of an ``lp-train`` process followed by ``resume=auto``, and exact resume through the shard loader."""
 
 from __future__ import annotations
 

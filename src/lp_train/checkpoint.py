@@ -1,4 +1,5 @@
-"""Checkpoints: the official LivePortrait release format <-> lp-train's model files (STYLE rule 17).
+"""Checkpoints: the official LivePortrait release format <-> lp-train's model files (our networks keep the
+official parameter names, so both load without a key map).
 
 Official release (plain state dicts, loaded by the official inference code with ``strict=True``)::
 
@@ -27,6 +28,7 @@ from torch import nn
 MODEL_FORMAT = "lp-train-model/1"
 BASE_FILES = ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator")
 RETARGET_FILE = "retargeting_models/stitching_retargeting_module.pth"
+HEAD_PREFIX = "stitching_retargeting_module."  # state-dict keys of the stage-2 heads S, R_eyes, R_lip
 # official retargeting-file key -> our sub-module name under ``stitching_retargeting_module``
 RETARGET_KEYS = {"retarget_shoulder": "stitching", "retarget_mouth": "lip", "retarget_eye": "eye"}
 
@@ -84,7 +86,7 @@ def from_liveportrait(files: Mapping[str, Mapping]) -> dict[str, torch.Tensor]:
         for key, name in RETARGET_KEYS.items():
             for k, v in retarget[key].items():
                 k = k.removeprefix("module.")
-                out[f"stitching_retargeting_module.{name}.{k}"] = v
+                out[f"{HEAD_PREFIX}{name}.{k}"] = v
     return out
 
 
@@ -170,18 +172,35 @@ def read_model_state(path: str | os.PathLike, prefix: str | None = None) -> dict
     raise CheckpointError(f"{path}: not an lp-train model file, a Lightning checkpoint or an official folder")
 
 
+class MissingHeadsError(CheckpointError):
+    """The checkpoint has no stitching / retargeting weights (a stage-1 model) but they were asked for."""
+
+
 def load_model_weights(
-    model: nn.Module, path: str | os.PathLike, prefix: str | None = None, heads_optional: bool = False
-) -> None:
-    """Strictly load any supported checkpoint (or shipped short name) into ``model``. A model without stage-2 heads
-    loads base weights only when the checkpoint has heads; a model with heads requires them, unless
-    ``heads_optional`` (stage 1, which neither trains nor uses them): a base-only checkpoint then leaves them as
-    they are."""
-    heads = "stitching_retargeting_module."
+    model: nn.Module, path: str | os.PathLike, prefix: str | None = None, heads: bool | None = None
+) -> bool:
+    """Strictly load our model file, a Lightning ``.ckpt`` (keys under ``prefix``) or an official release folder into
+    ``model``; the one checkpoint loader of lp-train (training init, stage 2, lp-animate, lp-eval, lp-ckpt).
+
+    Args:
+        heads: the stage-2 stitching / retargeting weights (``stitching_retargeting_module.*``). None: loaded when
+            both the model and the checkpoint have them; True: required (``MissingHeadsError`` without them);
+            False: not loaded (the model's heads keep their values). The base networks always load strictly.
+
+    Returns:
+        Whether the checkpoint has the heads.
+    """
     sd = read_model_state(path, prefix)
-    expected = model.state_dict()
-    if not any(k.startswith(heads) for k in expected):
-        sd = {k: v for k, v in sd.items() if not k.startswith(heads)}
-    elif heads_optional and not any(k.startswith(heads) for k in sd):
-        sd = {**sd, **{k: v for k, v in expected.items() if k.startswith(heads)}}
-    load_strict(model, sd, str(path))
+    has_heads = any(k.startswith(HEAD_PREFIX) for k in sd)
+    model_heads = any(k.startswith(HEAD_PREFIX) for k in model.state_dict())
+    if heads and not has_heads:
+        raise MissingHeadsError(f"checkpoint {path} has no stitching/retargeting weights (stage 2 trains them)")
+    if heads and not model_heads:
+        raise CheckpointError(f"the model has no stitching_retargeting_module to load the heads of {path} into")
+    load_heads = (has_heads and model_heads) if heads is None else heads
+    keep = (lambda k: True) if load_heads else (lambda k: not k.startswith(HEAD_PREFIX))
+    expected = {k: v for k, v in model.state_dict().items() if keep(k)}
+    got = {k: v for k, v in sd.items() if keep(k)}
+    check_state_dict(expected, got, f"checkpoint {path}")
+    model.load_state_dict(got, strict=False)
+    return has_heads

@@ -18,9 +18,9 @@ from pathlib import Path
 from torch import nn
 
 from lp_train.checkpoint import CheckpointError, load_model_weights, save_model, write_official_dir
+from lp_train.conf import CONF_DIR
 
 log = logging.getLogger(__name__)
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def build_model(name: str = "official") -> tuple[nn.Module, dict]:
@@ -29,9 +29,9 @@ def build_model(name: str = "official") -> tuple[nn.Module, dict]:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    if not (CONF_DIR / "model" / f"{name}.yaml").is_file():
+    if not (Path(CONF_DIR) / "model" / f"{name}.yaml").is_file():
         raise FileNotFoundError(f"no model config conf/model/{name}.yaml under {CONF_DIR}")
-    with initialize_config_dir(config_dir=str(CONF_DIR / "model"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(Path(CONF_DIR) / "model"), version_base="1.3"):
         cfg = compose(config_name=name)
     return instantiate(cfg), OmegaConf.to_container(cfg, resolve=True)
 

@@ -31,18 +31,28 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+import hydra
 import numpy as np
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
+from lp_train.checkpoint import load_strict
+from lp_train.conf import CONF_DIR
+from lp_train.data import shard_format as sf
+from lp_train.data.batch import collate_pairs, compact_pair
+from lp_train.data.sample_shards import face_folder_samples, synthetic_samples, write_shards
+from lp_train.data.synthetic_motion import held_out_identities, motion_samples, portrait_crops
 from lp_train.fileio import atomic_write_text
+from lp_train.lit.heldout import load_pairs, reenactment_l1
+from lp_train.metrics.controls import METHODS
+from lp_train.train import train
 
 log = logging.getLogger(__name__)
 
 
 def cut_clip(sample, start: int, stop: int, chunk: int):
     """Frames ``[start, stop)`` of a clip sample as a sample of its own (chunk ``chunk`` of the same clip)."""
-    from data_prep import shard_format as sf
-
     meta, frames, lmks = sample
     meta = dataclasses.replace(
         meta,
@@ -92,8 +102,6 @@ def split_samples(samples: Iterable, unseen: Iterable[str] = (), tail: float = 0
 
 def first_frame_pairs(held: list, groups: list[str]) -> dict[str, dict]:
     """Self-reenactment pairs (first frame -> every later frame) of each held-out clip, at the loader's input size."""
-    from lp_train.data.batch import collate_pairs, compact_pair
-
     pairs = {}
     for (meta, frames, lmks), group in zip(held, groups, strict=True):
         chw = [torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1).contiguous() for f in frames]
@@ -118,7 +126,6 @@ def _f(value: float | None) -> str:
 
 def _method_rows(label: str, group: str, e: dict) -> list[str]:
     """Table rows of one clip or group: the model and each control, with the large-motion subset beside them."""
-    from lp_train.metrics.controls import METHODS
 
     if "copy_source" not in e:  # an entry written before the controls existed
         return [f"| {label} | {group} | model | {e['pairs']} | {_f(e['l1'])} | n/a | | n/a | n/a | "
@@ -226,11 +233,6 @@ def rescore(out: Path, dest: Path | None = None, batch_size: int = 16) -> tuple[
     all controls; write ``heldout.json`` (into ``dest``, default ``OUT/run``) and ``learning.md`` / ``learning.png``
     (into ``dest``, default ``OUT``). Steps of an existing ``heldout.json`` without a checkpoint are kept when
     they already carry the controls."""
-    import hydra
-    from omegaconf import OmegaConf
-
-    from lp_train.checkpoint import load_strict
-    from lp_train.lit.heldout import load_pairs, reenactment_l1
 
     out = Path(out)
     ckpts = sorted((out / "run" / "checkpoints").glob("step*.ckpt"))
@@ -267,14 +269,10 @@ def rescore(out: Path, dest: Path | None = None, batch_size: int = 16) -> tuple[
 
 def prepare(args: argparse.Namespace, shards: Path, pairs_file: Path) -> None:
     """Steps 1-3: crop (or draw) the faces, split them, write the shards and the held-out pairs."""
-    from lp_train.data.sample_shards import face_folder_samples, synthetic_samples, write_shards
-
     frames, unseen = args.frames_per_clip, args.unseen
     if args.synthetic:
         samples = synthetic_samples(num_identities=4, frames_per_clip=frames, num_images=2, size=args.size)
     elif args.portraits is not None:
-        from lp_train.data.synthetic_motion import held_out_identities, motion_samples, portrait_crops
-
         crops = portrait_crops(args.portraits or None, args.size)
         samples = motion_samples(crops, frames_per_clip=frames, seed=args.motion_seed)
         unseen = held_out_identities(list(crops)) if unseen is None else unseen
@@ -337,10 +335,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of conf/train.yaml (default experiment=stage1_cpu)")
     args = ap.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from hydra import compose, initialize_config_dir
-
-    from lp_train.train import CONF_DIR, train
-
     out = args.out.resolve()
     shards, pairs_file = out / "shards", out / "pairs.pt"
     if args.prepared:

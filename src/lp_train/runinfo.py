@@ -1,4 +1,5 @@
-"""Run environment capture: what produced a run, written next to it (MISSION: cluster, reproducibility).
+"""Run environment capture: what produced a run, written next to it, so a run can be reproduced
+and traced to its cluster job.
 
 Every training/eval run records the git commit (and whether the tree was dirty), the resolved Hydra config, the
 versions of the packages that decide the numbers, the host/Python/accelerator and the SLURM context (job id, array

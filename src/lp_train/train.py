@@ -35,12 +35,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lp_train import runinfo
 from lp_train.checkpoint import save_model
+from lp_train.conf import CONF_DIR
 from lp_train.lit.checkpointing import StepCheckpoint, find_resume_checkpoint
 from lp_train.lit.resume import ResumableDataLoader
+from lp_train.runinfo import sweep_group
 
 log = logging.getLogger(__name__)
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 class ResumableTrainLoader:
@@ -79,8 +81,6 @@ def _instantiate_group(group: DictConfig | None) -> list:
 
 def _hyperparameters(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """The resolved config plus the run record (git commit, packages, SLURM ids) written by ``runinfo.capture``."""
-    from lp_train import runinfo
-
     hparams = OmegaConf.to_container(cfg, resolve=True)
     hparams["run"] = runinfo.wandb_summary(runinfo.capture(cfg, output_dir))
     return hparams
@@ -106,8 +106,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data, _convert_="all")
     make_resumable(datamodule, cfg.seed)
     module = instantiate(cfg.module, _convert_="all")
-    from lp_train.runinfo import sweep_group
-
     if group := sweep_group():  # members of one Hydra multirun share a wandb group
         os.environ.setdefault("WANDB_RUN_GROUP", group)
     loggers = _instantiate_group(cfg.get("logger"))

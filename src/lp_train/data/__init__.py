@@ -1,4 +1,4 @@
-"""Training data of lp-train: WebDataset shards (``data_prep.shard_format``) -> (source, driving) pair batches
+"""Training data of lp-train: WebDataset shards (``lp_train.data.shard_format``) -> (source, driving) pair batches
 (paper Sec. 3.1 mixed image-video training; the regions, ratios and pose labels of Sec. 3.2-3.3).
 
 Batch contract: what a LightningModule receives from ``LivePortraitDataModule`` (its loader workers ship compact
@@ -10,7 +10,7 @@ S = network input side (256 official, 64 tiny), targets are 2S; B = batch size::
     source, driving                   (B, 3, S, S)    float32 in [0, 1]   network inputs (2x2 area downsample)
     source_hr, driving_hr             (B, 3, 2S, 2S)  float32 in [0, 1]   targets (driving_hr: reconstruction target)
     source_landmarks, driving_landmarks (B, 478, 2)   float32, normalised [0, 1] crop coords after augmentation
-                                                      (mediapipe face-mesh indices, ``lp_train.landmarks``)
+                                                      (mediapipe face-mesh indices, ``lp_train.face.landmarks``)
     source_boxes, driving_boxes       (B, 3, 4)       float32, normalised (x0, y0, x1, y1) of [face, eyes, lips]
     source_masks, driving_masks       (B, 3, 2S, 2S)  float32 in {0, 1}, the boxes rasterised at the target size
     source_eye_ratio, driving_eye_ratio (B, 2)        float32, eye-open ratio [left, right] (subject's sides)

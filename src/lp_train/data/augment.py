@@ -6,7 +6,7 @@ batched pass on the training device (``lp_train.data.batch.finalize_batch``):
 
 - geometry: every frame gets one 3×3 homography on pixel-index coordinates (identity, a random affine + optional
   perspective warp for the driving frame of an image pair, a horizontal flip, or their product). Workers apply it
-  to the landmarks (and remap left/right indices after a flip, ``lp_train.landmarks.FLIP_PERMUTATION``); the
+  to the landmarks (and remap left/right indices after a flip, ``lp_train.face.landmarks.FLIP_PERMUTATION``); the
   device applies it to the pixels with ``kornia.geometry.transform.warp_perspective``.
 - colour: brightness, contrast, saturation, hue drawn once per pair (both frames of a same-identity pair get the
   same change) and applied on the device as one affine colour map per image (``color_jitter``).
@@ -26,7 +26,7 @@ import kornia.geometry.transform as KT
 import numpy as np
 import torch
 
-from lp_train import landmarks as lm
+from lp_train.face import landmarks as lm
 
 NO_JITTER = (1.0, 1.0, 1.0, 0.0)
 # RGB -> YIQ (NTSC); a hue shift is a rotation of the (I, Q) chroma plane, which keeps the gray axis fixed.

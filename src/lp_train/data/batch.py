@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lp_train import landmarks as lm
 from lp_train.data.augment import NO_JITTER, color_jitter, warp_images
+from lp_train.face import landmarks as lm
 
 SIDES = ("source", "driving")
 FRAME_KEYS = ("landmarks", "boxes", "masks", "eye_ratio", "lip_ratio", "pose")

@@ -5,7 +5,8 @@ Both yield batches of the contract in ``lp_train.data`` (``lp_train.data.batch.c
 Under DDP each rank builds its own pipelines with the trainer's global rank and world size (``setup``), so the
 split and the seeds never depend on environment variables inside loader workers. Training epochs have exactly
 ``train_batches_per_epoch`` batches on every rank (resampled shards + ``with_epoch``), so ranks never wait for
-each other at an epoch end. ``LogDataStats`` logs the skip counters (corrupt JPEGs, malformed metadata, tar errors).
+each other at an epoch end. ``LogDataStats`` (in ``conf/callbacks/default.yaml``) logs the skip counters (corrupt
+JPEGs, malformed metadata, tar errors).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def _loader(dataset, num_workers: int, persistent: bool, pin_memory: bool, **kw)
 
 
 class LivePortraitDataModule(L.LightningDataModule):
-    """(source, driving) pair batches from WebDataset shards written by ``lp-prep`` (``data_prep.shard_format``).
+    """(source, driving) pair batches from WebDataset shards written by ``lp-prep`` (``lp_train.data.shard_format``).
 
     The loaders yield compact uint8 batches; ``on_after_batch_transfer`` finalises them on the device, so a
     LightningModule receives the contract (it must not override ``on_after_batch_transfer`` itself, or must call

@@ -97,9 +97,9 @@ def build_val_pipeline(cfg: LoaderConfig, rank: int = 0, world_size: int = 1, co
         **{**vars(cfg.augment), "hflip_prob": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0}
     )
     pipeline = wds.DataPipeline(
-        st.OrderedShards(urls, seed),
-        st.SplitByNode(rank, world_size),
-        st.SplitByWorker(),
+        wds.SimpleShardList(urls),
+        st.split_by_node(rank, world_size),
+        wds.split_by_worker,
         wds.tarfile_to_samples(handler=st.CountingHandler(counters, "tar_errors")),
         wds.select(st.ValidSample(counters)),
         wds.map(st.decode_meta, handler=st.CountingHandler(counters, "bad_meta")),

@@ -1,9 +1,9 @@
-"""Small shards in the real format (``data_prep.shard_format``) for tests, benchmarks and demos of the loader
+"""Small shards in the real format (``lp_train.data.shard_format``) for tests, benchmarks and demos of the loader
 (paper Sec. 3.1 training data, in miniature).
 
 - ``face_folder_samples``: clips and portraits of a folder such as ``../shared/data/faces`` -> LivePortrait crops
-  (``lp_train.crop``; one crop per clip, from its first frame) with mediapipe face-mesh landmarks
-  (``lp_train.face_detect``) in every frame.
+  (``lp_train.face.crop``; one crop per clip, from its first frame) with mediapipe face-mesh landmarks
+  (``lp_train.face.detect``) in every frame.
 - ``synthetic_samples``: procedurally drawn faces (``lp_train.data.synthetic``), needing no files at all.
 - ``write_shards``: samples -> ``{prefix}-{index:06d}.tar`` via ``webdataset.TarWriter`` (atomic per shard).
 
@@ -22,15 +22,19 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 import webdataset as wds
 
-from data_prep import shard_format as sf
+from lp_train.data import shard_format as sf
+from lp_train.data.synthetic import SyntheticPairs, draw_face, face_points
+from lp_train.face.crop import crop_affine, crop_params_from_landmarks, warp_crop
+from lp_train.face.detect import FaceDetector
 
 log = logging.getLogger(__name__)
 Sample = tuple[sf.SampleMeta, list[np.ndarray], np.ndarray]  # meta, RGB frames (size², uint8), landmarks (T, 478, 2)
 
 
-def _meta(
+def sample_meta(
     path: str, kind: str, identity: str, clip: int, frames: int, fps: float, orig, affine, conf, size
 ) -> sf.SampleMeta:
     key = sf.sample_key(sf.source_id(path), clip, 0)
@@ -68,10 +72,8 @@ def _read_video(path: Path, max_frames: int, stride: int) -> tuple[list[np.ndarr
     return frames, fps / stride
 
 
-def _crop_clip(det, frames: list[np.ndarray], size: int):
+def crop_clip(det, frames: list[np.ndarray], size: int):
     """One LivePortrait crop for the clip (from the first frame with a face), landmarks tracked in the crop."""
-    from lp_train.crop import crop_affine, crop_params_from_landmarks, warp_crop
-
     first = next((f for f in (det.detect(fr) for fr in frames[:5]) if f and f[0].landmarks is not None), None)
     if first is None:
         return None
@@ -94,8 +96,6 @@ def face_folder_samples(
     """Samples from ``faces_dir/videos/*.mp4`` (one chunk of ``frames_per_clip`` frames, every ``stride``-th) and
     ``faces_dir/images/*.jpg`` (one-frame image samples); identity = file stem. Files without a face are skipped.
     """
-    from lp_train.face_detect import FaceDetector
-
     faces_dir = Path(faces_dir)
     files = sorted((faces_dir / "videos").glob("*.mp4")) + sorted((faces_dir / "images").glob("*.jpg"))
     if not files:
@@ -107,13 +107,13 @@ def face_folder_samples(
         else:
             frames, fps = [cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)], 0.0
         with FaceDetector(max_faces=1, video=video) as det:
-            out = _crop_clip(det, frames, size)
+            out = crop_clip(det, frames, size)
         if out is None:
             log.warning("no face in %s, skipped", path)
             continue
         crops, lmks, conf, affine, face_size = out
         orig = frames[0].shape[1::-1]
-        meta = _meta(
+        meta = sample_meta(
             str(path), "video" if video else "image", path.stem, n, len(crops), fps, orig, affine, conf, face_size
         )
         yield meta, crops, lmks
@@ -123,19 +123,17 @@ def synthetic_samples(
     num_identities: int = 6, frames_per_clip: int = 8, num_images: int = 4, size: int = 128, seed: int = 0
 ) -> Iterator[Sample]:
     """Synthetic clips (one identity each, random pose/expression per frame) and one-frame image samples."""
-    import torch
-
-    from lp_train.data.synthetic import SyntheticPairs, _face_points, draw_face
-
     gen = SyntheticPairs(size=size // 2, num_identities=num_identities + num_images, seed=seed)
     for n in range(num_identities + num_images):
-        rng, ident = np.random.default_rng([seed, n]), gen._identity(n)
+        rng, ident = np.random.default_rng([seed, n]), gen.identity_style(n)
         count = frames_per_clip if n < num_identities else 1
-        lmks = np.stack([_face_points(ident, gen._frame(rng)) for _ in range(count)])
+        lmks = np.stack([face_points(ident, gen.random_frame(rng)) for _ in range(count)])
         frames = [(draw_face(ident, p, size) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy() for p in lmks]
         path, kind = f"synthetic://{seed}/{n}", "video" if count > 1 else "image"
         yield (
-            _meta(path, kind, f"synthetic-{n}", n, count, 25.0, (size, size), np.eye(3)[:2], [1.0] * count, size / 2),
+            sample_meta(
+                path, kind, f"synthetic-{n}", n, count, 25.0, (size, size), np.eye(3)[:2], [1.0] * count, size / 2
+            ),
             frames,
             lmks,
         )

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 import torchvision.io as tvio
 import webdataset as wds
 
-from data_prep.shard_format import NUM_LANDMARKS, SampleMeta, decode_npy, frame_names
 from lp_train.data import augment
 from lp_train.data.batch import compact_pair
+from lp_train.data.shard_format import NUM_LANDMARKS, SampleMeta, decode_npy, frame_names
 
 log = logging.getLogger(__name__)
 
@@ -91,56 +91,35 @@ class StreamSeed:
         """The generator of one stage for this epoch, rank and loader worker."""
         return np.random.default_rng([self.seed, max(self.epoch, 0), self.rank, worker_info()[0], tag])
 
+    def worker_seed(self) -> int:
+        """A 31-bit seed of this rank and loader worker (webdataset's ``ResampledShards`` mixes in seed and epoch)."""
+        return int(np.random.default_rng([self.seed, self.rank, worker_info()[0], 1]).integers(2**31))
+
     def rng_for(self, key: str, tag: int) -> np.random.Generator:
         """A generator that depends only on the seed and a sample key (validation: same pairs on any layout)."""
         return np.random.default_rng([self.seed, zlib.crc32(key.encode()), tag])
 
 
-class ResampledShards:
-    """Training shard source: an endless stream of shard URLs drawn with replacement (no epoch-end hang in DDP:
-    every rank and worker always has data; ``with_epoch`` cuts the stream into epochs)."""
+class ResampledShards(wds.ResampledShards):
+    """Training shard source: webdataset's endless resampling of shard URLs with replacement (no epoch-end hang in
+    DDP: every rank and worker always has data; ``with_epoch`` cuts the stream into epochs), seeded from
+    ``StreamSeed``: each pass starts the stream seed's next epoch, so a resumed run (``StreamSeed.set_epoch``)
+    draws the same shards as the uninterrupted one."""
 
     def __init__(self, urls: list[str], seed: StreamSeed) -> None:
-        self.urls, self.seed = list(urls), seed
+        super().__init__(list(urls), seed=seed.seed, worker_seed=seed.worker_seed, deterministic=True)
+        self.stream_seed = seed
 
-    def __call__(self) -> Iterator[dict]:
-        self.seed.begin()
-        rng = self.seed.rng(1)
-        while True:
-            yield {"url": self.urls[int(rng.integers(len(self.urls)))]}
-
-
-class OrderedShards:
-    """Validation shard source: each URL once, in order (``SplitByNode``/``SplitByWorker`` make the parts disjoint)."""
-
-    def __init__(self, urls: list[str], seed: StreamSeed) -> None:
-        self.urls, self.seed = list(urls), seed
-
-    def __call__(self) -> Iterator[dict]:
-        self.seed.begin()
-        yield from ({"url": u} for u in self.urls)
+    def __iter__(self) -> Iterator[dict]:
+        self.stream_seed.begin()
+        self.epoch = self.stream_seed.epoch - 1  # webdataset counts its epoch up by one as the pass starts
+        return super().__iter__()
 
 
-class SplitByNode:
-    """Keep every ``world``-th shard starting at ``rank`` (rank/world fixed when the pipeline is built)."""
-
-    def __init__(self, rank: int, world: int) -> None:
-        self.rank, self.world = rank, world
-
-    def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
-        for i, item in enumerate(src):
-            if i % self.world == self.rank:
-                yield item
-
-
-class SplitByWorker:
-    """Keep every ``num_workers``-th shard starting at this loader worker's id."""
-
-    def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
-        worker, num_workers = worker_info()
-        for i, item in enumerate(src):
-            if i % num_workers == worker:
-                yield item
+def split_by_node(rank: int, world: int):
+    """Keep every ``world``-th shard starting at ``rank``: webdataset's ``split_by_node`` with the rank fixed when
+    the pipeline is built (loader workers cannot ask ``torch.distributed``; the DataModule passes the trainer's)."""
+    return wds.slice(rank, None, world)
 
 
 class ValidSample:
@@ -215,14 +194,14 @@ class FramePairs:
 
 
 class Shuffle:
-    """Shuffle buffer (``webdataset``'s) with a per-rank/worker/epoch seed."""
+    """webdataset's shuffle buffer (``wds.shuffle``) with a per-rank/worker/epoch seed drawn as the pass starts."""
 
     def __init__(self, bufsize: int, initial: int, seed: StreamSeed) -> None:
         self.bufsize, self.initial, self.seed = bufsize, initial, seed
 
     def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
         rng = random.Random(int(self.seed.rng(3).integers(2**63)))
-        return wds.filters._shuffle(src, self.bufsize, self.initial, rng=rng)
+        return wds.shuffle(self.bufsize, self.initial, rng=rng)(src)
 
 
 class MixPairs:

@@ -3,7 +3,7 @@ smoke tests of stage 1 / stage 2 (paper Sec. 3.1-3.3) without any data on disk.
 
 Each identity is a face (skin/background/iris/lip colours, face proportions); each frame draws it under a random
 head pose (pitch/yaw/roll), eye openness per eye and mouth openness. The 478 landmarks follow mediapipe's index
-conventions (``lp_train.landmarks``): the 33 rigid pose-basis points are projections of mediapipe's canonical face,
+conventions (``lp_train.face.landmarks``): the 33 rigid pose-basis points are projections of mediapipe's canonical face,
 eye/iris/lip/face-oval contours sit on the drawn shapes, the rest of the mesh lies inside the face mirror-
 symmetrically. So regions, eye/lip ratios and pseudo pose computed from the landmarks agree with the pixels.
 Pairs follow the real loader: with probability ``p_image`` an image pair (a frame + a random warp of itself),
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lp_train import landmarks as lm
 from lp_train.data.augment import AugmentConfig, augment_pair
 from lp_train.data.batch import collate_pairs, compact_pair
+from lp_train.face import landmarks as lm
 
 
 def _contour(centre, half_w, half_h, n, theta0, direction, z_slope=0.0) -> np.ndarray:
@@ -32,7 +32,7 @@ def _contour(centre, half_w, half_h, n, theta0, direction, z_slope=0.0) -> np.nd
 
 def _template() -> np.ndarray:
     """(478, 3) mirror-symmetric 3D template in LivePortrait's frame (x right, y down, z away), canonical units,
-    before the zero-pitch calibration of ``lp_train.landmarks``."""
+    before the zero-pitch calibration of ``lp_train.face.landmarks``."""
     rng = np.random.default_rng(0)
     pts = np.zeros((lm.NUM_LANDMARKS, 3))
     perm = np.asarray(lm.FLIP_PERMUTATION)
@@ -54,7 +54,7 @@ _CALIB = np.radians(lm.CANONICAL_PITCH_DEG)
 _CALIB_RX = np.array([[1, 0, 0], [0, np.cos(_CALIB), -np.sin(_CALIB)], [0, np.sin(_CALIB), np.cos(_CALIB)]])
 
 
-def _face_points(identity: dict, frame: dict) -> np.ndarray:
+def face_points(identity: dict, frame: dict) -> np.ndarray:
     """(478, 2) normalised landmarks of one identity under one frame's pose and expression."""
     pts = _TEMPLATE.copy()
     for side, contour, iris, sign in (
@@ -136,7 +136,8 @@ class SyntheticPairs(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def _identity(self, ident: int) -> dict:
+    def identity_style(self, ident: int) -> dict:
+        """Colours and face proportions of synthetic identity ``ident`` (fixed by ``seed``)."""
         r = np.random.default_rng([self.seed, 1_000_003, ident])
         colour = lambda lo, hi: tuple(int(v) for v in r.integers(lo, hi, size=3))  # noqa: E731
         return dict(
@@ -148,7 +149,8 @@ class SyntheticPairs(Dataset):
             height=r.uniform(0.9, 1.1),
         )
 
-    def _frame(self, r: np.random.Generator) -> dict:
+    def random_frame(self, r: np.random.Generator) -> dict:
+        """A random head pose, eye/mouth opening, scale and centre drawn from ``r``."""
         return dict(
             pose=(r.uniform(-20, 20), r.uniform(-25, 25), r.uniform(-15, 15)),
             right_open=r.uniform(0.0, 1.0),
@@ -167,14 +169,14 @@ class SyntheticPairs(Dataset):
         is_image = bool(r.random() < self.p_image)
         cross = not is_image and r.random() < self.cross_identity_prob
         drv_id = (src_id + 1 + int(r.integers(self.num_identities - 1))) % self.num_identities if cross else src_id
-        ident = self._identity(src_id)
-        src_lmk = _face_points(ident, self._frame(r))
+        ident = self.identity_style(src_id)
+        src_lmk = face_points(ident, self.random_frame(r))
         src = draw_face(ident, src_lmk, hr)
         if is_image:
             drv, drv_lmk = src, src_lmk
         else:
-            drv_ident = self._identity(drv_id)
-            drv_lmk = _face_points(drv_ident, self._frame(r))
+            drv_ident = self.identity_style(drv_id)
+            drv_lmk = face_points(drv_ident, self.random_frame(r))
             drv = draw_face(drv_ident, drv_lmk, hr)
         warps, (src_lmk, drv_lmk), color = augment_pair(r, [src_lmk, drv_lmk], hr, self.augment, is_image, not cross)
         key = f"synthetic-{self.seed}-{index}:0|synthetic-{self.seed}-{index}:1"

@@ -22,7 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lp_train.data.sample_shards import Sample, _crop_clip, _meta
+from lp_train.data.sample_shards import Sample, crop_clip, sample_meta
+from lp_train.face.detect import FaceDetector
 
 log = logging.getLogger(__name__)
 CENTRES = np.array([[0.0, 0.35], [-0.3, 0.1], [0.3, 0.1], [0.0, -0.25]])  # (K, 2) mouth, cheeks, brow (x, y)
@@ -103,7 +104,6 @@ def embedded_portraits() -> dict[str, np.ndarray]:
 def portrait_crops(folder: str | Path | None, size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """identity (file stem) -> ((size, size, 3) uint8 LivePortrait crop, (478, 2) landmarks in [0, 1]) of every
     portrait in ``folder`` with a face (the embedded photos when ``folder`` is None or has no images)."""
-    from lp_train.face_detect import FaceDetector
 
     files = sorted(p for ext in ("*.jpg", "*.jpeg", "*.png") for p in Path(folder).glob(ext)) if folder else []
     if folder and not files:
@@ -112,7 +112,7 @@ def portrait_crops(folder: str | Path | None, size: int) -> dict[str, tuple[np.n
     crops = {}
     for name, rgb in images.items():
         with FaceDetector(max_faces=1, video=False) as det:
-            out = _crop_clip(det, [rgb], size)
+            out = crop_clip(det, [rgb], size)
         if out is None:
             log.warning("no face in portrait %s, skipped", name)
             continue
@@ -132,7 +132,7 @@ def motion_samples(
         frames = [render(crop, m) for m in motions]
         moved = np.stack([move_landmarks(lmks, m) for m in motions])
         size = crop.shape[0]
-        meta = _meta(f"synthetic-motion://{seed}/{name}", "video", name, n, frames_per_clip, 25.0, (size, size),
+        meta = sample_meta(f"synthetic-motion://{seed}/{name}", "video", name, n, frames_per_clip, 25.0, (size, size),
                      np.eye(3)[:2], [1.0] * frames_per_clip, size / 2.3)  # fmt: skip
         yield meta, frames, moved
 

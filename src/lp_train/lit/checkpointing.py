@@ -1,4 +1,4 @@
-"""Checkpoint writing for long, preemptible runs (MISSION: "can I resume after preemption"):
+"""Checkpoint writing for long, preemptible runs (a run killed at any moment resumes from its last checkpoint):
 
 - ``AtomicCheckpointIO``: every Lightning checkpoint is written to a temporary file in the target directory and
   moved into place with ``os.replace``, so a kill mid-write never leaves a truncated ``last.ckpt``;

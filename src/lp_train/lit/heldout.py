@@ -23,6 +23,8 @@ import lightning as L
 import torch
 
 from lp_train.fileio import atomic_write_text
+from lp_train.images import resize_to
+from lp_train.metrics.controls import clip_scores, frame_l1s, score_table, source_runs
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +50,6 @@ def reenactment_l1(model: torch.nn.Module, pairs: dict[str, dict], batch_size: i
     [0, 1]) beside the controls of ``lp_train.metrics.controls`` on the same frames: ``copy_source``,
     ``blur_matched_copy_source`` (matched to the model's self-reconstruction L1 ``reconstruction_floor``), the
     ``large_motion`` subset and the 1/8-resolution ``l1_low``. Groups and the total are pair-weighted means."""
-    from lp_train.lit.stage1 import resize_to
-    from lp_train.metrics.controls import clip_scores, frame_l1s, score_table, source_runs
-
     param = next(model.parameters())
     device, dtype = param.device, param.dtype  # bf16 weights under DeepSpeed's bf16 mode take bf16 inputs
 

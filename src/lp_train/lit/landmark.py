@@ -23,8 +23,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from lp_train.landmarks import LEFT_EYE_CORNERS, RIGHT_EYE_CORNERS, eye_open_ratio, lip_open_ratio
-from lp_train.models.landmark_regressor import LandmarkRegressor, heatmap_loss, scatter_to_mesh, soft_argmax
+from lp_train.face.landmarks import LEFT_EYE_CORNERS, RIGHT_EYE_CORNERS, eye_open_ratio, lip_open_ratio
+from lp_train.teachers.landmark_regressor import LandmarkRegressor, heatmap_loss, scatter_to_mesh, soft_argmax
 
 log = logging.getLogger(__name__)
 LOSS_TERMS = ("points", "heatmap", "ratios")

@@ -1,4 +1,4 @@
-"""Training-health signals shared by the stage modules (MISSION: "can I trust the numbers"): gradient norms per
+"""Training-health signals shared by the stage modules (so the logged numbers can be trusted): gradient norms per
 sub-network and throughput (pairs/s, s/step), logged under ``train/grad_norm/*`` and ``train/perf/*``."""
 
 from __future__ import annotations

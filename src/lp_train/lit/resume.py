@@ -1,4 +1,4 @@
-"""Exact resume (MISSION: "can I resume after preemption"): what Lightning's checkpoint lacks for a resumed run to
+"""Exact resume after preemption: what Lightning's checkpoint lacks for a resumed run to
 continue the *same* loss curve.
 
 Lightning already restores the weights, both optimisers, schedulers, the EMA (a submodule), ``global_step`` and the

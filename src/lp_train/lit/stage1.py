@@ -23,6 +23,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from lp_train.checkpoint import load_model_weights
+from lp_train.images import resize_to
 from lp_train.lit.ema import EMA
 from lp_train.lit.monitoring import grad_norm
 from lp_train.lit.nonfinite import NonFiniteGuard
@@ -31,14 +32,6 @@ from lp_train.losses.stage1 import FROZEN_CHILDREN, Stage1Loss
 from lp_train.models.liveportrait import LivePortrait
 
 log = logging.getLogger(__name__)
-
-
-def resize_to(images: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, size, size), antialiased bilinear (identity when already that size)."""
-    if images.shape[-1] == size and images.shape[-2] == size:
-        return images
-    return torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True,
-                                           align_corners=False)  # fmt: skip
 
 
 GENERATOR_NETS = ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator")
@@ -141,7 +134,7 @@ class Stage1Module(L.LightningModule):
         if model.stitching_retargeting_module is not None:
             model.stitching_retargeting_module.requires_grad_(False)  # stage 2's heads: not trained here
         if init_weights:
-            load_model_weights(self.model, init_weights, heads_optional=True)
+            load_model_weights(self.model, init_weights)  # heads too if the file has them (frozen in stage 1)
             log.info("stage 1: fine-tuning from %s", init_weights)
         self.compile_names = _compile_names(compile)
         self._accelerated = False

@@ -12,14 +12,13 @@ gradients). The three MLP heads start with a zero output (hidden layers randomly
   eye mask + λ‖Δ_eyes‖₁;
 - lips R_lip: the same with x_s ⧺ source lip ratio ⧺ target, the lip ratio and the lip mask.
 
-Ratios are ``lp_train.landmarks.eye_open_ratio`` / ``lip_open_ratio`` of the landmark model's points (protocol in
-``lp_train.models.landmark_regressor``). The paper gives no loss weights; ours are config values (conf/module).
+Ratios are ``lp_train.face.landmarks.eye_open_ratio`` / ``lip_open_ratio`` of the landmark model's points (protocol in
+``lp_train.teachers.landmark_regressor``). The paper gives no loss weights; ours are config values (conf/module).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import lightning as L
@@ -28,19 +27,19 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.utils import make_grid
 
-from lp_train.checkpoint import check_state_dict, read_model_state
-from lp_train.keypoints import apply_stitching, retarget_input, stitching_input, transform_keypoints
-from lp_train.landmarks import eye_open_ratio, lip_open_ratio
+from lp_train.checkpoint import load_model_weights
+from lp_train.face.landmarks import eye_open_ratio, lip_open_ratio
+from lp_train.inference import retarget_delta, stitch
+from lp_train.keypoints import transform_keypoints
 from lp_train.lit.visualize import log_grid
-from lp_train.models.landmark_regressor import RATIO_INDICES, model_indices, predict_mesh
 from lp_train.models.liveportrait import LivePortrait
+from lp_train.teachers.landmark_regressor import RATIO_INDICES, model_indices, predict_mesh
 from lp_train.weights import load_into
 
 log = logging.getLogger(__name__)
 
 HEADS = ("stitching", "eye", "lip")
 BASE_NETS = ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator")
-HEAD_PREFIX = "stitching_retargeting_module."
 LOSS_TERMS = tuple(
     f"{head}_{term}"
     for head, terms in (
@@ -78,18 +77,6 @@ def init_head(net: nn.Module) -> None:
     nn.init.zeros_(linears[-1].bias)
 
 
-def load_base_weights(model: LivePortrait, path: str | os.PathLike, prefix: str | None, with_heads: bool) -> None:
-    """Strictly load the base networks (and, if ``with_heads``, S / R too) from any checkpoint
-    ``lp_train.checkpoint`` reads (our model file, a Lightning ``.ckpt``, the official folder)."""
-    sd = read_model_state(path, prefix)
-    keep = (lambda k: True) if with_heads else (lambda k: not k.startswith(HEAD_PREFIX))
-    expected = {k: v for k, v in model.state_dict().items() if keep(k)}
-    got = {k: v for k, v in sd.items() if keep(k)}
-    check_state_dict(expected, got, f"stage-2 base checkpoint {path}")
-    model.load_state_dict(got, strict=False)
-    log.info("stage 2: loaded %s weights from %s", "base + head" if with_heads else "base", path)
-
-
 class Stage2Module(L.LightningModule):
     """Trains S / R_eyes / R_lip on a frozen LivePortrait (automatic optimisation).
 
@@ -97,7 +84,7 @@ class Stage2Module(L.LightningModule):
         (Every argument is set by ``conf/module/stage2.yaml``; the code keeps no defaults of its own.)
         model: LivePortrait with ``stitching_retargeting_module``.
         optimizer: partial optimiser (``_partial_: true``), called with the trained heads' parameters.
-        landmark_model: differentiable landmark network (protocol in ``lp_train.models.landmark_regressor``);
+        landmark_model: differentiable landmark network (protocol in ``lp_train.teachers.landmark_regressor``);
             required when ``eye`` or ``lip`` is trained.
         scheduler: optional partial LR scheduler, stepped every optimisation step.
         heads: the heads to train, any of ``stitching``, ``eye``, ``lip`` (all three jointly by default).
@@ -148,7 +135,12 @@ class Stage2Module(L.LightningModule):
         self.batch_cross_identity_prob = batch_cross_identity_prob
         self.image_every, self.grid_ratios = image_every, tuple(grid_ratios)
         if base_checkpoint:
-            load_base_weights(model, base_checkpoint, checkpoint_prefix, heads_from_checkpoint)
+            load_model_weights(model, base_checkpoint, checkpoint_prefix, heads=heads_from_checkpoint)
+            log.info(
+                "stage 2: loaded %s weights from %s",
+                "base + head" if heads_from_checkpoint else "base",
+                base_checkpoint,
+            )
         if not (base_checkpoint and heads_from_checkpoint):
             for name in HEADS:
                 init_head(getattr(model.stitching_retargeting_module, name))
@@ -164,7 +156,7 @@ class Stage2Module(L.LightningModule):
         lmk = self.landmark_model
         if lmk is None:
             raise ValueError(
-                "training the eye or lip head needs a landmark_model (see lp_train.models.landmark_regressor)"
+                "training the eye or lip head needs a landmark_model (see lp_train.teachers.landmark_regressor)"
             )
         if weights is not None:
             load_into(lmk, "landmark", weights)
@@ -207,12 +199,11 @@ class Stage2Module(L.LightningModule):
         return list(img.chunk(n))
 
     def stitch(self, x_s: torch.Tensor, x_d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        delta = self.head("stitching")(stitching_input(x_s, x_d))  # (B, 3K + 2)
-        return apply_stitching(x_d, delta), delta
+        return stitch(self.head("stitching"), x_s, x_d)  # (x_d + Δ, Δ (B, 3K + 2))
 
     def retarget(self, name: str, x_s: torch.Tensor, ratios: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        delta = self.head(name)(retarget_input(x_s, ratios))  # (B, 3K)
-        return x_s + delta.view_as(x_s), delta
+        delta = retarget_delta(self.head(name), x_s, ratios)  # (B, K, 3)
+        return x_s + delta, delta
 
     def measure(self, name: str, image: torch.Tensor) -> torch.Tensor:
         """Eye (B, 2) or lip (B, 1) open ratio of generated images through the landmark model."""

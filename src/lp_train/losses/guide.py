@@ -1,6 +1,6 @@
 """Landmark-guided loss L_guide (LivePortrait Sec. 3.2, "Landmark-guided implicit keypoints optimization"):
 a Wing loss (Feng et al., CVPR 2018) between 10 2D face landmarks (3 per eye, 4 on the mouth; defaults
-``lp_train.landmarks.GUIDE_LANDMARKS``) and the (x, y) of 10 chosen implicit keypoints of x_s and of x_d.
+``lp_train.face.landmarks.GUIDE_LANDMARKS``) and the (x, y) of 10 chosen implicit keypoints of x_s and of x_d.
 
 Wing(d) = w · ln(1 + |d| / ε) if |d| < w, else |d| − C with C = w − w · ln(1 + w / ε), applied to each coordinate.
 Differences are measured in pixels of a reference image (``pixel_scale`` pixels per unit of the [-1, 1] keypoint
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lp_train.landmarks import GUIDE_LANDMARKS
+from lp_train.face.landmarks import GUIDE_LANDMARKS
 
 # Implicit keypoints paired, in order, with GUIDE_LANDMARKS = (left eye: upper lid, lower lid, iris; right eye: upper,
 # lower, iris; mouth: upper lip, lower lip, left corner, right corner). A convention, not a property of the

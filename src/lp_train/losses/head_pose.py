@@ -11,7 +11,7 @@ Where the target θ comes from (documented choice, see ``conf/loss/stage1.yaml``
 - a **pose teacher** network when ``weights.pose_teacher`` is set (a Hopenet state dict, or ``random`` in tests):
   ``PoseTeacher`` runs it on the face crop and maps its angles to LivePortrait's convention;
 - otherwise the loader's **landmark pseudo labels** ``source_pose`` / ``driving_pose`` (B, 3) = (pitch, yaw,
-  roll) in degrees, fitted from the 478 mediapipe landmarks (``lp_train.landmarks.head_pose_from_landmarks``).
+  roll) in degrees, fitted from the 478 mediapipe landmarks (``lp_train.face.landmarks.head_pose_from_landmarks``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torch import nn
 
 from lp_train.keypoints import MotionInfo, degrees_to_bin
 from lp_train.losses.regions import crop_boxes
-from lp_train.models.hopenet import Hopenet
+from lp_train.teachers.hopenet import Hopenet
 from lp_train.weights import load_into
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class PoseTeacher(nn.Module):
         bottleneck: Bottleneck blocks (True for the released network).
         input_size: side of the face crop fed to the network (Hopenet: 224).
         signs: multipliers mapping Hopenet's (pitch, yaw, roll) to ours; check them against the landmark labels
-            (``lp_train.landmarks.head_pose_from_landmarks``) on a few frames when plugging in a new teacher.
+            (``lp_train.face.landmarks.head_pose_from_landmarks``) on a few frames when plugging in a new teacher.
     """
 
     def __init__(

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lp_train.losses.regions import crop_boxes
-from lp_train.models.arcface import IRESNET_LAYERS, IResNet
+from lp_train.teachers.arcface import IRESNET_LAYERS, IResNet
 from lp_train.weights import load_into
 
 

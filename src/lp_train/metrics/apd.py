@@ -2,7 +2,7 @@
 Table 3): the mean L1 distance between the head-pose parameters of each generated frame and its driving frame.
 
 Named ``apd_pose``. The default ``MediapipeFaceParams`` estimator gives (pitch, yaw, roll) in degrees from a rigid
-fit of mediapipe's canonical face (``lp_train.landmarks.fit_weak_perspective``); the paper uses SMIRK's pose
+fit of mediapipe's canonical face (``lp_train.face.landmarks.fit_weak_perspective``); the paper uses SMIRK's pose
 parameters (axis-angle, radians), so the scales differ — the unit is recorded in ``info``. Per frame: mean over
 the pose components of |p_gen - p_drv|.
 """

@@ -5,7 +5,7 @@ LivePortrait measures expression (AED) and head-pose (APD) accuracy with paramet
 ``MediapipeFaceParams``, derives all three from mediapipe's bundled face mesh (478 3D points incl. iris, run per
 frame in static-image mode, so generated and driving frames are measured independently):
 
-* **pose** (pitch, yaw, roll) in degrees, LivePortrait's convention: ``lp_train.landmarks.fit_weak_perspective``,
+* **pose** (pitch, yaw, roll) in degrees, LivePortrait's convention: ``lp_train.face.landmarks.fit_weak_perspective``,
   a weighted fit of mediapipe's canonical face (33 rigid points) to the 2D landmarks;
 * **expression**: the pose-normalised landmark residual. The 468 mesh points (x, y and mediapipe's relative
   depth z) are mapped back into the canonical face frame with the fitted pose, X = Rᵀ·[(p - t)/s, (z - z̄)/s],
@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lp_train import landmarks as L
+from lp_train.face import landmarks as L
 from lp_train.metrics.base import FrameMetric
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
 
 
 class FaceMesh3D:
-    """mediapipe's face mesh with refine_landmarks (478 points) returning x, y AND z (``lp_train.face_detect``
+    """mediapipe's face mesh with refine_landmarks (478 points) returning x, y AND z (``lp_train.face.detect``
     keeps only x, y). Static-image mode: every frame is measured on its own.
 
     Args:
@@ -194,7 +194,7 @@ class MediapipeFaceParams:
 
         return {
             "implementation": f"lp_train.metrics.face_params.MediapipeFaceParams (mediapipe {mp.__version__} face "
-            "mesh, 478 points; pose: lp_train.landmarks.fit_weak_perspective)",
+            "mesh, 478 points; pose: lp_train.face.landmarks.fit_weak_perspective)",
             "weights": "face_landmark_with_attention.tflite bundled in the mediapipe wheel",
             "calibrated": True,
             "units": {

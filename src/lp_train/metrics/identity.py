@@ -26,9 +26,9 @@ import torch
 
 from lp_train import weights as W
 from lp_train.metrics.face_params import FaceMesh3D, to_uint8_hwc
-from lp_train.models.arcface import IRESNET_LAYERS, IResNet
+from lp_train.teachers.arcface import IRESNET_LAYERS, IResNet
 
-# LivePortrait crop geometry (lp_train.crop: scale 2.3, centre moved up by 0.125 of the side): where the face is.
+# LivePortrait crop geometry (lp_train.face.crop: scale 2.3, centre moved up by 0.125 of the side): where the face is.
 CROP_SCALE, CROP_VY = 2.3, 0.125
 # insightface's 112x112 ArcFace alignment template (left eye, right eye, nose, left / right mouth corner, image x)
 ARCFACE_TEMPLATE = np.array(

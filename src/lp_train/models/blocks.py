@@ -1,7 +1,7 @@
 """Building blocks shared by the LivePortrait networks (paper Sec. 3, Fig. 2; face vid2vid's F/W/G blocks).
 
 Attribute names (``conv``, ``norm``, ``pool``, ``mlp_shared`` ...) follow the released LivePortrait weights so that the
-official state dicts load without a key map (STYLE rule 17).
+official state dicts load without a key map (CONTRIBUTING.md, Conventions).
 """
 
 from __future__ import annotations

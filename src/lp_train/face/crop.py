@@ -22,14 +22,22 @@ import cv2
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from lp_train.face_detect import FACE_MESH_68, LEFT_EYE, MOUTH, NUM_LANDMARKS, RIGHT_EYE
+from lp_train.face.landmarks import (
+    FACE_MESH_68,
+    INNER_LIP_LOWER,
+    INNER_LIP_UPPER,
+    LEFT_EYE_CORNERS,
+    MOUTH_CORNERS,
+    NUM_LANDMARKS,
+    RIGHT_EYE_CORNERS,
+)
 
 SCALE = 2.3
 VX_RATIO = 0.0
 VY_RATIO = -0.125
 
-_EYE_POINTS = (RIGHT_EYE["outer"], RIGHT_EYE["inner"], LEFT_EYE["outer"], LEFT_EYE["inner"])
-_MOUTH_POINTS = (MOUTH["left"], MOUTH["right"], MOUTH["inner_upper"], MOUTH["inner_lower"])
+_EYE_POINTS = (*RIGHT_EYE_CORNERS, *LEFT_EYE_CORNERS)  # outer, inner of each eye
+_MOUTH_POINTS = (MOUTH_CORNERS[1], MOUTH_CORNERS[0], INNER_LIP_UPPER, INNER_LIP_LOWER)
 
 
 def _axis_points(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -10,11 +10,11 @@ Landmark-model protocol (what ``lp_train.lit.stage2`` expects of ``landmark_mode
 - ``forward(image)``: image ``(B, 3, H, W)`` float RGB in [0, 1], any H = W (it resizes itself) ->
   ``(B, N, 2)`` points, x right / y down, normalised to [0, 1] in image coordinates (mediapipe's convention);
 - attribute ``indices``: the mediapipe face-mesh index (0..477) of each of the N points, or absent when N = 478
-  (the full mesh). The eye/lip ratios of ``lp_train.landmarks`` are computed from these points, so ``indices``
+  (the full mesh). The eye/lip ratios of ``lp_train.face.landmarks`` are computed from these points, so ``indices``
   must cover the points those ratios use (``lp_train.lit.stage2`` checks it at start-up).
 
 Default points (``DEFAULT_INDICES``, mediapipe face-mesh indices; subject's right eye = image left): exactly the
-points of the ratio definitions in ``lp_train.landmarks`` plus the iris centres and the inner/outer lip midpoints,
+points of the ratio definitions in ``lp_train.face.landmarks`` plus the iris centres and the inner/outer lip midpoints,
 
 - right eye: corners 33, 133; lid pairs (160, 144), (159, 145), (158, 153);
 - left eye: corners 263, 362; lid pairs (387, 373), (386, 374), (385, 380);
@@ -30,23 +30,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lp_train.landmarks import (
+from lp_train.face.landmarks import (
+    INNER_LIP_CORNERS,
     INNER_LIP_PAIRS,
     LEFT_EYE_CORNERS,
     LEFT_EYE_LIDS,
-    LEFT_IRIS,
+    LEFT_IRIS_CENTER,
     MOUTH_CORNERS,
     NUM_LANDMARKS,
+    OUTER_LIP_LOWER,
+    OUTER_LIP_UPPER,
     RIGHT_EYE_CORNERS,
     RIGHT_EYE_LIDS,
-    RIGHT_IRIS,
+    RIGHT_IRIS_CENTER,
 )
 
 NUM_MESH_POINTS = NUM_LANDMARKS
 
 
 def _ratio_points() -> tuple[int, ...]:
-    """Every mesh index the eye/lip ratio functions of ``lp_train.landmarks`` read, in a fixed order."""
+    """Every mesh index the eye/lip ratio functions of ``lp_train.face.landmarks`` read, in a fixed order."""
     pts: list[int] = []
     for corners, pairs in (
         (RIGHT_EYE_CORNERS, RIGHT_EYE_LIDS),
@@ -58,7 +61,13 @@ def _ratio_points() -> tuple[int, ...]:
 
 
 RATIO_INDICES = _ratio_points()
-DEFAULT_INDICES: tuple[int, ...] = RATIO_INDICES + (78, 308, 0, 17, RIGHT_IRIS[0], LEFT_IRIS[0])
+DEFAULT_INDICES: tuple[int, ...] = RATIO_INDICES + (
+    *INNER_LIP_CORNERS,
+    OUTER_LIP_UPPER,
+    OUTER_LIP_LOWER,
+    RIGHT_IRIS_CENTER,
+    LEFT_IRIS_CENTER,
+)
 
 
 class ConvBNReLU(nn.Sequential):
@@ -203,7 +212,7 @@ def model_indices(model: nn.Module, num_points: int) -> torch.Tensor:
 
 def scatter_to_mesh(points: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """(B, N, 2) points at mesh ``indices`` -> a (B, 478, 2) mesh (other points 0) for the mesh-indexed ratio
-    functions of ``lp_train.landmarks``; differentiable in ``points``."""
+    functions of ``lp_train.face.landmarks``; differentiable in ``points``."""
     mesh = points.new_zeros(points.shape[0], NUM_MESH_POINTS, 2)
     return mesh.index_copy(1, indices.to(points.device), points)
 

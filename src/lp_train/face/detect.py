@@ -10,8 +10,8 @@ official code uses insightface + a private 203-point model; we use what runs off
 
 Detections and meshes are matched by box overlap; a detected face that the full-frame mesh missed (small faces in
 large frames) gets a second chance on an enlarged square crop around it. Coordinates are pixels of the input image
-(x right, y down). ``FACE_MESH_68`` maps the mesh to the classic 68-point (iBUG / dlib) layout, and the index
-constants name the points used for eye/lip ratios.
+(x right, y down). The index conventions of the mesh (eyes, lips, iris, the 68-point subset) are in
+``lp_train.face.landmarks``.
 
 Example::
 
@@ -31,30 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from lp_train.face.landmarks import NUM_LANDMARKS
 
-NUM_LANDMARKS = 478
-# Subject's right eye is on the image left. Iris centres (refine_landmarks=True).
-RIGHT_IRIS_CENTER = 468
-LEFT_IRIS_CENTER = 473
-RIGHT_IRIS = (468, 469, 470, 471, 472)
-LEFT_IRIS = (473, 474, 475, 476, 477)
-# Eye corners and lids (outer, inner, upper, lower) for each eye.
-RIGHT_EYE = {"outer": 33, "inner": 133, "upper": (160, 159, 158), "lower": (144, 145, 153)}
-LEFT_EYE = {"outer": 263, "inner": 362, "upper": (387, 386, 385), "lower": (373, 374, 380)}
-# Mouth: corners, inner lip centre (upper / lower), outer lip centre (upper / lower).
-MOUTH = {"left": 291, "right": 61, "inner_upper": 13, "inner_lower": 14, "outer_upper": 0, "outer_lower": 17}
-NOSE_TIP = 1
-CHIN = 152
-# mediapipe face mesh -> 68-point iBUG layout (jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, mouth 48-67).
-FACE_MESH_68 = (
-    127, 234, 93, 132, 58, 172, 136, 150, 152, 379, 365, 397, 288, 361, 323, 454, 356,  # jaw
-    70, 63, 105, 66, 107, 336, 296, 334, 293, 300,  # eyebrows
-    168, 197, 5, 4, 75, 97, 2, 326, 305,  # nose
-    33, 160, 158, 133, 153, 144, 362, 385, 387, 263, 373, 380,  # eyes
-    61, 39, 37, 0, 267, 269, 291, 405, 314, 17, 84, 181,  # outer lip
-    78, 82, 13, 312, 308, 317, 14, 87,  # inner lip
-)  # fmt: skip
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -120,7 +99,7 @@ def _import_mediapipe():
     try:
         import mediapipe as mp
     except ImportError as e:  # pragma: no cover - dependency is pinned in pyproject.toml
-        raise ImportError("lp_train.face_detect needs mediapipe==0.10.14 (bundles its .tflite models)") from e
+        raise ImportError("lp_train.face.detect needs mediapipe==0.10.14 (bundles its .tflite models)") from e
     return mp
 
 

@@ -24,9 +24,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image
 
+from lp_train.face.landmarks import NUM_LANDMARKS
+
 FORMAT_VERSION = "lp-train-shard/1"
 CROP_SIZE = 512
-NUM_LANDMARKS = 478
 MAX_CHUNK_FRAMES = 64
 SHARD_PATTERN = "{prefix}-{index:06d}.tar"
 

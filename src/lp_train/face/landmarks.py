@@ -1,11 +1,14 @@
 """Face-landmark conventions of lp-train: mediapipe's 478-point face mesh (468 mesh points + 2×5 iris points).
 
+This module is the one table of landmark indices in the code base; detection (``lp_train.face.detect``), the crop
+(``lp_train.face.crop``), curation, losses, metrics and the landmark teacher all take their indices from here.
+
 LivePortrait (paper Sec. 3.2 "landmark-guided implicit keypoints optimization", Sec. 3.3 stitching and eyes/lip
 retargeting) needs, from 2D face landmarks: the 10 guide landmarks of the Wing loss L_guide (3 per eye, 4 on the
 mouth), eye- and lip-open ratios (the stage-2 retargeting conditions), face/eye/lip regions (the cascaded
 perceptual/GAN losses and the stage-2 "outside the region" L1 losses) and pseudo head-pose labels (L_H, and APD
 in evaluation). The official code uses a 203-point model; we define everything on the mediapipe mesh that our
-curation stores in the shards (``data_prep.shard_format``), with the indices below.
+curation stores in the shards (``lp_train.data.shard_format``), with the indices below.
 
 Conventions
 -----------
@@ -54,6 +57,24 @@ LEFT_EYE_LIDS = ((387, 373), (386, 374), (385, 380))
 # Lip-open ratio = mean inner-lip vertical distance over 3 pairs / mouth width (outer corners).
 MOUTH_CORNERS = (61, 291)
 INNER_LIP_PAIRS = ((82, 87), (13, 14), (312, 317))
+
+# Single named points. Mouth corners above are (subject's right, subject's left).
+RIGHT_IRIS_CENTER = RIGHT_IRIS[0]
+LEFT_IRIS_CENTER = LEFT_IRIS[0]
+INNER_LIP_UPPER, INNER_LIP_LOWER = 13, 14
+INNER_LIP_CORNERS = (78, 308)
+OUTER_LIP_UPPER, OUTER_LIP_LOWER = 0, 17
+NOSE_TIP, FOREHEAD, CHIN = 1, 10, 152
+
+# mediapipe face mesh -> 68-point iBUG / dlib layout (jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, mouth 48-67).
+FACE_MESH_68 = (
+    127, 234, 93, 132, 58, 172, 136, 150, 152, 379, 365, 397, 288, 361, 323, 454, 356,  # jaw
+    70, 63, 105, 66, 107, 336, 296, 334, 293, 300,  # eyebrows
+    168, 197, 5, 4, 75, 97, 2, 326, 305,  # nose
+    33, 160, 158, 133, 153, 144, 362, 385, 387, 263, 373, 380,  # eyes
+    61, 39, 37, 0, 267, 269, 291, 405, 314, 17, 84, 181,  # outer lip
+    78, 82, 13, 312, 308, 317, 14, 87,  # inner lip
+)  # fmt: skip
 
 # The 10 guide landmarks of stage 1's L_guide: per eye upper lid, lower lid, iris centre (blink + gaze);
 # mouth: upper / lower inner lip, left / right corner.
