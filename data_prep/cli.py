@@ -21,6 +21,7 @@ import hydra
 from lp_train.conf import CONF_DIR
 from omegaconf import DictConfig
 
+from data_prep.recipes.cli import check_splits_main, recipe_main
 from data_prep.report import merge
 from data_prep.run import run
 
@@ -47,8 +48,6 @@ def main(argv: list[str] | None = None) -> None:
     """Console script ``lp-prep``: ``recipe NAME ...``, ``check-splits MANIFEST ...``, or Hydra overrides."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] in (["recipe"], ["check-splits"]):
-        from data_prep.recipes.cli import check_splits_main, recipe_main
-
         sys.exit((recipe_main if argv[0] == "recipe" else check_splits_main)(argv[1:]))
     sys.argv = [sys.argv[0], *argv]
     _hydra_main()

@@ -19,6 +19,7 @@ from lp_eval.protocols import ProtocolResult, Sample
 
 from lp_train.animate_io import VideoWriter
 from lp_train.metrics import METRICS, append_result
+from lp_train.metrics.controls import METHODS
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,6 @@ def _l1(value: float | None) -> str:
 def controls_table(summary: dict, protocol: str) -> str:
     """The model beside its baselines on the same frames (rows ``model``, ``copy_source``,
     ``blur_matched_copy_source``; all videos, then each video), with the large-motion subset and 1/8-res L1."""
-    from lp_train.metrics.controls import METHODS
-
     table = summary["protocols"].get(protocol, {}).get("controls")
     if not table:
         return ""
@@ -224,8 +223,6 @@ def _log_controls(run, proto: str, controls: dict) -> None:
     """Summary scalars ``<proto>/controls/<method>/{l1,l1_low}`` (+ ``large_motion/``, ``reconstruction_floor``)
     and a per-video ``wandb.Table`` with the model and its baselines as rows."""
     import wandb
-
-    from lp_train.metrics.controls import METHODS
 
     g = controls["groups"]["all"]
     run.summary[f"{proto}/controls/reconstruction_floor"] = g["reconstruction_floor"]

@@ -22,14 +22,15 @@ CORE = "lp_train (core modules)"
 ENTRY = "lp_train (entry points)"
 # Top-level modules of lp_train that are commands (Hydra / argparse mains); every other one is a core module.
 ENTRY_MODULES = {"train", "animate", "ckpt_cli", "learning_check", "demo"}
-LIB = {"lp_train.conf", "lp_train.face", "lp_train.models", "lp_train.teachers", CORE}
+LIB = {"lp_train.conf", "lp_train.face", "lp_train.models", "lp_train.teachers", "lp_train.pretrained", CORE}
 
 # unit -> the other units it may import. A unit is a sub-package of lp_train, lp_train's core or entry modules,
 # or the data_prep / lp_eval package. CONTRIBUTING.md's architecture map states the same table.
 ALLOWED: dict[str, set[str]] = {
     "lp_train.conf": set(),
     "lp_train.face": set(),
-    CORE: {"lp_train.conf", "lp_train.face", "lp_train.models", "lp_train.teachers"},
+    CORE: {"lp_train.conf", "lp_train.face", "lp_train.models", "lp_train.teachers", "lp_train.pretrained"},
+    "lp_train.pretrained": {CORE},
     "lp_train.models": {CORE},
     "lp_train.teachers": {"lp_train.face", CORE},
     "lp_train.data": {"lp_train.face", CORE},

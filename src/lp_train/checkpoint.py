@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lp_train.pretrained import resolve
+
 MODEL_FORMAT = "lp-train-model/1"
 BASE_FILES = ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator")
 RETARGET_FILE = "retargeting_models/stitching_retargeting_module.pth"
@@ -120,7 +122,7 @@ def read_official_dir(root: str | os.PathLike) -> dict[str, Mapping]:
     return files
 
 
-def _atomic_save(obj: object, path: Path) -> None:
+def atomic_save(obj: object, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -138,22 +140,20 @@ def write_official_dir(state_dict: Mapping[str, torch.Tensor], root: str | os.Pa
     written = []
     for stem, sd in to_liveportrait(state_dict).items():
         path = root / (RETARGET_FILE if stem == "stitching_retargeting_module" else f"base_models/{stem}.pth")
-        _atomic_save(dict(sd), path)
+        atomic_save(dict(sd), path)
         written.append(path)
     return written
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, config: Mapping | None = None) -> None:
     """Save our model file (state dict + the resolved model config, no pickled code)."""
-    _atomic_save({"format": MODEL_FORMAT, "state_dict": model.state_dict(), "config": dict(config or {})}, Path(path))
+    atomic_save({"format": MODEL_FORMAT, "state_dict": model.state_dict(), "config": dict(config or {})}, Path(path))
 
 
 def read_model_state(path: str | os.PathLike, prefix: str | None = None) -> dict[str, torch.Tensor]:
     """State dict from our model file (float16-stored shipped models come back as float32), from a Lightning
     ``.ckpt`` (keys under ``prefix``, default ``model.``), from an official release folder, or from a shipped
     model's short name (``lp_train.pretrained``, e.g. ``stage1_tiny_faces``)."""
-    from lp_train.pretrained import resolve
-
     path = resolve(path)
     if path.is_dir():
         return from_liveportrait(read_official_dir(path))

@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from lp_train.pretrained import available, path_of
+
 BIN = Path(sys.executable).parent
 
 
@@ -55,8 +57,6 @@ def stage1_start() -> tuple[list[str], str]:
     """Stage 1's recipe overrides and a line for the log and report: a short fine-tune (``experiment=stage1_cpu``,
     lower learning rate) from the shipped ``stage1_tiny_faces`` when it is installed, else the same recipe from
     random init."""
-    from lp_train.pretrained import available, path_of
-
     if PRETRAINED in available():
         line = f"stage 1: fine-tuning the shipped model {PRETRAINED} ({path_of(PRETRAINED)}) on the demo data"
         return ["experiment=stage1_cpu", f"module.init_weights={PRETRAINED}", "module.optimizer_g.lr=2.0e-4"], line

@@ -24,7 +24,7 @@ import torch
 
 from lp_train.fileio import atomic_write_text
 from lp_train.images import resize_to
-from lp_train.metrics.controls import clip_scores, frame_l1s, score_table, source_runs
+from lp_train.metrics.controls import METHODS, clip_scores, frame_l1s, score_table, source_runs
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,6 @@ def heldout_scalars(result: dict) -> dict[str, float]:
     """Logger scalars of one evaluation: per group (``heldout/`` for all pairs, ``heldout/<group>/``) and per clip
     (``heldout/clip/<name>/``): ``<method>/{l1,l1_low}`` for the model and every control, ``large_motion/<method>/l1``,
     ``reconstruction_floor``, and the flat ``l1`` / ``l1_copy_source`` of earlier runs."""
-    from lp_train.metrics.controls import METHODS
-
     metrics = {}
     rows = [("heldout" if k == "all" else f"heldout/{k}", g) for k, g in result["groups"].items()]
     rows += [(f"heldout/clip/{k}", c) for k, c in result["clips"].items()]

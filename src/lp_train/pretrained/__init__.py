@@ -81,7 +81,13 @@ def _lightning_state(ckpt: dict) -> tuple[dict, str]:
 def pack(checkpoint: str | os.PathLike, out: str | os.PathLike, model: str = "tiny", note: str = "") -> Path:
     """Write ``out`` (a path or a registered short name): the base networks of ``checkpoint`` (a Lightning .ckpt,
     its EMA when present, or an lp-train model file) in float16, with metadata; atomic; at most ``MAX_BYTES``."""
-    from lp_train.checkpoint import MODEL_FORMAT, CheckpointError, _atomic_save, read_model_state
+    # deferred: lp_train.checkpoint imports this package (it resolves short names), so it is imported on use
+    from lp_train.checkpoint import (  # deferred: lp_train.checkpoint imports this package (short names)
+        MODEL_FORMAT,
+        CheckpointError,
+        atomic_save,
+        read_model_state,
+    )
 
     src = Path(checkpoint)
     out = path_of(str(out)) if str(out) in REGISTRY else Path(out)
@@ -112,7 +118,7 @@ def pack(checkpoint: str | os.PathLike, out: str | os.PathLike, model: str = "ti
     record = {"format": MODEL_FORMAT, "state_dict": base, "storage_dtype": "float16", "metadata": metadata,
               "config": {"model": model}}  # fmt: skip
     tmp = out.with_name(f".{out.name}.packing")
-    _atomic_save(record, tmp)
+    atomic_save(record, tmp)
     size = tmp.stat().st_size
     if size > MAX_BYTES:
         tmp.unlink()
