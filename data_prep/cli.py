@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from data_prep.report import merge
 from data_prep.run import run
+from lp_train.cli_errors import run_cli
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 log = logging.getLogger(__name__)
@@ -35,10 +36,15 @@ def execute(cfg: DictConfig) -> dict:
 
 
 @hydra.main(config_path=CONF_DIR, config_name="data_prep", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     result = execute(cfg)
     shown = {k: v for k, v in result.items() if k not in ("skipped", "by_dataset")}
     print(json.dumps(shown, indent=1, default=str))
+
+
+def main() -> None:
+    """Console script ``lp-prep``; user errors -> one line, exit 2 (``--debug`` for the traceback)."""
+    run_cli("lp-prep", hydra_main)
 
 
 if __name__ == "__main__":

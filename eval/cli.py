@@ -36,6 +36,7 @@ from lp_eval.report import (
 from lp_eval.store import rank_world
 from omegaconf import DictConfig, OmegaConf
 
+from lp_train.cli_errors import run_cli
 from lp_train.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -121,10 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     """Console script ``lp-eval``: ``compare ...`` or Hydra overrides for ``evaluate``."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["compare"]:
-        _compare_main(argv[1:])
+        run_cli("lp-eval compare", lambda: _compare_main([a for a in argv[1:] if a != "--debug"]), argv)
     else:
-        sys.argv = [sys.argv[0], *argv]
-        _hydra_main()
+        run_cli("lp-eval", _hydra_main, argv)  # user errors -> one line, exit 2 (--debug: traceback)
 
 
 if __name__ == "__main__":

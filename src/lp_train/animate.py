@@ -31,6 +31,7 @@ from tqdm import tqdm
 from lp_train import landmarks as lm
 from lp_train.animate_io import AnimateError, VideoWriter, is_image, probe_video, read_image, read_video
 from lp_train.checkpoint import CheckpointError, check_state_dict, read_model_state
+from lp_train.cli_errors import UserError, run_cli
 from lp_train.crop import crop_affine, crop_params_from_landmarks, invert_affine, smooth_crop_params, warp_crop
 from lp_train.face_detect import FaceDetector
 from lp_train.keypoints import (
@@ -303,12 +304,12 @@ def _hydra_main(cfg: DictConfig) -> None:
     try:
         print(animate(cfg))
     except AnimateError as e:
-        raise SystemExit(f"lp-animate: error: {e}") from None
+        raise UserError(str(e)) from e
 
 
 def main() -> None:
-    """Console script ``lp-animate`` (Hydra overrides on the command line)."""
-    _hydra_main()
+    """Console script ``lp-animate`` (Hydra overrides on the command line); user errors -> one line, exit 2."""
+    run_cli("lp-animate", _hydra_main)
 
 
 if __name__ == "__main__":
