@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from data_prep.report import merge
 from data_prep.run import run
-from lp_train.cli_errors import run_cli
+from lp_train.cli_errors import report_user_errors, run_cli
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ def execute(cfg: DictConfig) -> dict:
 
 
 @hydra.main(config_path=CONF_DIR, config_name="data_prep", version_base="1.3")
+@report_user_errors("lp-prep")
 def hydra_main(cfg: DictConfig) -> None:
     result = execute(cfg)
     shown = {k: v for k, v in result.items() if k not in ("skipped", "by_dataset")}

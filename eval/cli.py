@@ -36,7 +36,7 @@ from lp_eval.report import (
 from lp_eval.store import rank_world
 from omegaconf import DictConfig, OmegaConf
 
-from lp_train.cli_errors import run_cli
+from lp_train.cli_errors import report_user_errors, run_cli
 from lp_train.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ def _write_reports(cfg: DictConfig, ctx: EvalContext, summary: dict, results: di
 
 
 @hydra.main(config_path=CONF_DIR, config_name="eval", version_base="1.3")
+@report_user_errors("lp-eval")
 def _hydra_main(cfg: DictConfig) -> None:
     summary = evaluate(cfg)
     if rank_world()[0] == 0:

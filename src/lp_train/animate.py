@@ -31,7 +31,7 @@ from tqdm import tqdm
 from lp_train import landmarks as lm
 from lp_train.animate_io import AnimateError, VideoWriter, is_image, probe_video, read_image, read_video
 from lp_train.checkpoint import CheckpointError, check_state_dict, read_model_state
-from lp_train.cli_errors import UserError, run_cli
+from lp_train.cli_errors import UserError, report_user_errors, run_cli
 from lp_train.crop import crop_affine, crop_params_from_landmarks, invert_affine, smooth_crop_params, warp_crop
 from lp_train.face_detect import FaceDetector
 from lp_train.keypoints import (
@@ -300,6 +300,7 @@ def animate(cfg: DictConfig) -> Path:
 
 
 @hydra.main(config_path=CONF_DIR, config_name="animate", version_base="1.3")
+@report_user_errors("lp-animate")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         print(animate(cfg))

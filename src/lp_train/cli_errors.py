@@ -10,6 +10,7 @@ ranks, launcher jobs) through ``LP_DEBUG``.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -41,22 +42,60 @@ def debug_requested(argv: Sequence[str] = ()) -> bool:
     return "--debug" in argv or os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
+def _flat(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def one_line(e: BaseException) -> str:
-    """The exception's message (and its cause's, when that says more) on one line."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    cause = e.__cause__ or e.__context__
-    if cause is not None:
-        extra = " ".join(str(cause).split())
-        if extra and extra not in text:
-            text = f"{text} ({extra})"
-    return text
+    """The exception's message on one line; for a wrapped error (Hydra's "Error in call to target ..."), the cause's
+    message first, then what it happened in."""
+    text = _flat(str(e)) or type(e).__name__
+    cause = e.__cause__
+    if cause is None or not _flat(str(cause)):
+        return text
+    inner = _flat(str(cause))
+    head = _flat(str(e).strip().splitlines()[0]).rstrip(":") if str(e).strip() else ""
+    return inner if not head or head in inner else f"{inner} ({head})"
+
+
+def _report(prog: str, e: BaseException) -> SystemExit:
+    print(f"{prog}: error: {one_line(e)}  (--debug for the traceback)", file=sys.stderr)
+    return SystemExit(EXIT_USER_ERROR)
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def report_user_errors(prog: str) -> Callable:
+    """Decorator of a Hydra task function (under ``@hydra.main``): a user error raised by the task becomes the one
+    line and exit 2 right there, before Hydra adds its own "Error executing job" banner. Sweep members (multirun)
+    re-raise, so their launcher records the error."""
+
+    def wrap(task: Callable) -> Callable:
+        @functools.wraps(task)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return task(*args, **kwargs)
+            except user_error_types() as e:
+                if debug_requested() or _in_multirun():
+                    raise
+                raise _report(prog, e) from None
+
+        return run
+
+    return wrap
 
 
 def run_cli(prog: str, main: Callable[[], Any], argv: Sequence[str] | None = None) -> Any:
     """Run ``main`` (a ``@hydra.main`` function, or any callable that reads ``sys.argv``) with the error rules above.
 
     ``--debug`` is removed from ``sys.argv`` before ``main`` parses it. Hydra is told to re-raise everything
-    (``HYDRA_FULL_ERROR=1``) so that its own config errors reach the same handler as the program's.
+    (``HYDRA_FULL_ERROR=1``) so that its own config errors (bad overrides, unknown groups) reach this handler; errors
+    of the task itself are handled by ``report_user_errors`` on the task function.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
@@ -68,5 +107,4 @@ def run_cli(prog: str, main: Callable[[], Any], argv: Sequence[str] | None = Non
     except user_error_types() as e:
         if debug:
             raise
-        print(f"{prog}: error: {one_line(e)}  (--debug for the traceback)", file=sys.stderr)
-        raise SystemExit(EXIT_USER_ERROR) from None
+        raise _report(prog, e) from None

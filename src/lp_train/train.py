@@ -50,7 +50,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lp_train.checkpoint import save_model
-from lp_train.cli_errors import run_cli
+from lp_train.cli_errors import report_user_errors, run_cli
 from lp_train.fileio import atomic_write_text
 from lp_train.lit.checkpointing import StepCheckpoint, checkpoint_step, find_resume_checkpoint
 from lp_train.lit.resume import ResumableDataLoader
@@ -219,6 +219,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+@report_user_errors("lp-train")
 def hydra_main(cfg: DictConfig) -> None:
     """The Hydra task (also what a launcher runs for each sweep member): ``train`` and its exit status."""
     os.environ.setdefault("WANDB_SILENT", "true")
