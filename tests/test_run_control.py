@@ -187,7 +187,7 @@ CASES = {
     "train-shard-glob": ("lp-train", [*FAST, "~logger.wandb", "data=tiny", "data.train_shards=/nonexistent/*.tar",
                                       "paths.output_dir=${oc.env:TMPDIR,/tmp}/lp-cli-err"], "matches no file"),
     "train-bad-value": ("lp-train", [*FAST, "~logger.wandb", "trainer.precision=17",
-                                     "paths.output_dir=${oc.env:TMPDIR,/tmp}/lp-cli-err2"], "Precision '17' is invalid"),
+                                     "paths.output_dir=${oc.env:TMPDIR,/tmp}/lp-cli-err2"], "'17' is invalid"),
     "train-bad-override": ("lp-train", ["no_such_key=1"], "no_such_key"),
     "eval-missing-checkpoint": ("lp-eval", ["model=tiny", "checkpoint=/nonexistent/model.pt", "weights=random",
                                             "out_dir=/tmp/lp-cli-err3"], "/nonexistent/model.pt"),
