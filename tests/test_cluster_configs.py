@@ -79,12 +79,13 @@ def test_train_script_scales_from_the_allocation(tmp_path: Path) -> None:
         "SLURM_CLUSTER_NAME": "big",
     }
     lines = run_with_fake_slurm(tmp_path, "train.sbatch", ["experiment=stage1"], **slurm)
-    assert lines[0] == "MASTER_ADDR=gpu01 MASTER_PORT=19242 WANDB_RUN_ID=big-4242"
+    assert lines[0] == "MASTER_ADDR=gpu01 MASTER_PORT=19242 WANDB_RUN_ID="  # the id lives in the run dir
     argv = lines[1:]
+    assert "--cpus-per-task=1" in argv[: argv.index("lp-train")]
     assert argv[argv.index("lp-train") + 1 :] == [
         "trainer.num_nodes=16",
         "trainer.devices=8",
-        f"hydra.run.dir={tmp_path}/runs/lp-train-4242",
+        f"hydra.run.dir={tmp_path}/runs/stage1",  # runs/<name>: a resubmitted job resumes the same run
         "callbacks.model_checkpoint.signals=[SIGTERM,SIGUSR1,SIGUSR2]",
         "experiment=stage1",
     ]
