@@ -47,6 +47,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lp_train.checkpoint import save_model
@@ -188,8 +189,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for lg in loggers:
         lg.log_hyperparams(hparams)
     try:
-        # our checkpoints hold only tensors and plain types: load them without unpickling code
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+        try:
+            # our checkpoints hold only tensors and plain types: load them without unpickling code
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+        except SIGTERMException:
+            # Lightning ends a SIGTERM'd fit by raising SystemExit(None) (exit status 0) after the step; our
+            # StepCheckpoint has written that step by then: report it as a signal stop below instead
+            if not any(isinstance(cb, StepCheckpoint) and cb.received for cb in trainer.callbacks):
+                raise
         result: dict[str, Any] = {"trainer": trainer, "module": module, "output_dir": output_dir}
         last = output_dir / "checkpoints" / "last.ckpt"
         saved = [cb.saved_step for cb in trainer.callbacks if isinstance(cb, StepCheckpoint)]

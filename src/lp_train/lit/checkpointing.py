@@ -132,6 +132,12 @@ class StepCheckpoint(L.Callback):
                 old.unlink(missing_ok=True)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore()  # also when the fit ends by an exception (Lightning's SIGTERM stop raises one)
+
+    def _restore(self) -> None:
         for sig, handler in self._previous.items():
             if handler is not None:
                 signal.signal(sig, handler)
