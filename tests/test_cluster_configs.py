@@ -160,6 +160,45 @@ def test_submit_prep_chains_the_merge_after_the_array(tmp_path: Path) -> None:
     assert merge.endswith("prep_merge.sbatch output.dir=/s")
 
 
+def test_submit_prep_reruns_single_tasks_and_refuses_oversized_requests(tmp_path: Path) -> None:
+    """`--rerun 1,3` submits only those tasks of the same n (+ a merge); a CPU request larger than the partition's
+    largest node stops with an error instead of pending forever; a task index outside n is refused."""
+    (tmp_path / "sbatch").write_text(FAKE_SBATCH)
+    (tmp_path / "sinfo").write_text('#!/bin/bash\necho 2\necho "4+"\n')  # CPUs of the partition's nodes
+    for f in ("sbatch", "sinfo"):
+        (tmp_path / f).chmod(0o755)
+    log = tmp_path / "sbatch.log"
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "FAKE_LOG": str(log), "LP_PREP_TASKS": "4"}
+    cmd = ["bash", str(REPO / "slurm" / "submit_prep.sh")]
+    res = subprocess.run(
+        [*cmd, "--rerun", "1,3", "output.dir=/s"], env=env, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert res.returncode == 0, res.stderr
+    array, merge = log.read_text().splitlines()
+    assert "--array=1,3" in array.split() and "--dependency=afterok:101" in merge
+    res = subprocess.run([*cmd, "--rerun", "4", "x=1"], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 2 and "task 4 is not in 0..3" in res.stderr
+    big = {**env, "LP_SBATCH_ARGS": "--cpus-per-task=16"}
+    res = subprocess.run([*cmd, "x=1"], env=big, capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 2 and "16 CPUs per task requested, the largest node of the partition has 4" in res.stderr
+    assert len(log.read_text().splitlines()) == 2  # nothing more was submitted
+
+
+def test_prep_array_passes_its_task_explicitly(tmp_path: Path) -> None:
+    """A re-run of task 1 alone (`--array=1`: SLURM says 1 task) still curates slice 1 of LP_PREP_TASKS=4, with the
+    task's CPUs passed to srun (Slurm >= 22.05 does not inherit them)."""
+    env = {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "1", "LP_PREP_TASKS": "4", "SLURM_CPUS_PER_TASK": "3"}
+    argv = run_with_fake_slurm(tmp_path, "prep_array.sbatch", ["output.dir=/s"], **env)[1:]
+    assert argv[:1] == ["--cpus-per-task=3"]
+    assert argv[argv.index("lp-prep") + 1 :] == [
+        "mode=run",
+        "workers=3",
+        "task.index=1",
+        "task.count=4",
+        "output.dir=/s",
+    ]
+
+
 def test_eval_script_gives_each_task_its_torch_rank(tmp_path: Path) -> None:
     """eval.sbatch maps srun's per-task SLURM_PROCID/NTASKS/LOCALID to RANK/WORLD_SIZE/LOCAL_RANK for lp-eval."""
     (tmp_path / "srun").write_text(  # runs the command as task 3 of 4 (local id 1), like srun on a 2x2 allocation
