@@ -152,6 +152,10 @@ def _finish_wandb(exit_code: int) -> None:
         wandb.finish(exit_code=exit_code)
     except Exception as e:  # noqa: BLE001 - any failure of the logger's shutdown
         log.warning("wandb shutdown failed (%s: %s); the checkpoint and csv/ are complete", type(e).__name__, e)
+        try:  # drop the dead service connection now, or wandb's exit hook prints the same error again
+            wandb.teardown(exit_code=exit_code)
+        except Exception:  # noqa: BLE001, S110 - already reported above
+            pass
 
 
 def _signal_stop(trainer: L.Trainer) -> int | None:
