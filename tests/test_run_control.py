@@ -222,3 +222,25 @@ def test_debug_shows_the_traceback(how):
 def test_the_makefile_does_not_force_tracebacks():
     """make targets used to export HYDRA_FULL_ERROR=1, so every user error under make showed a traceback."""
     assert "HYDRA_FULL_ERROR" not in (ROOT / "Makefile").read_text()
+
+
+@pytest.mark.parametrize(("mode", "offline"), [(None, True), ("offline", True), ("online", False)])
+def test_wandb_follows_wandb_mode_and_keeps_one_run_id_per_folder(tmp_path, monkeypatch, mode, offline):
+    """Before: `logger.wandb.offline: true` ignored WANDB_MODE=online, and every restart made a new wandb run."""
+    from lp_train.train import _configure_wandb
+
+    monkeypatch.delenv("WANDB_RUN_ID", raising=False)
+    if mode is None:
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_MODE", mode)
+    ids = []
+    for _ in range(2):  # a first start and a restart of the same run folder
+        cfg = compose_train(tmp_path, wandb=True)
+        _configure_wandb(cfg, tmp_path)
+        assert cfg.logger.wandb.offline is offline
+        ids.append(cfg.logger.wandb.id)
+    assert ids[0] == ids[1] == (tmp_path / "wandb_run_id").read_text().strip() and len(ids[0]) == 8
+    forced = compose_train(tmp_path, "logger.wandb.offline=true", wandb=True)
+    _configure_wandb(forced, tmp_path)
+    assert forced.logger.wandb.offline is True
