@@ -6,7 +6,6 @@ STAMP := $(VENV)/.setup-stamp
 PYTEST_ARGS ?=
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
-export HYDRA_FULL_ERROR ?= 1
 
 .PHONY: setup demo test test-all test-slurm bench gpu-check lint clean
 

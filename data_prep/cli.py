@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from data_prep.recipes.cli import check_splits_main, recipe_main
 from data_prep.report import merge
 from data_prep.run import run
+from lp_train.cli_errors import report_user_errors, run_cli
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +39,20 @@ def execute(cfg: DictConfig) -> dict:
 
 
 @hydra.main(config_path=CONF_DIR, config_name="data_prep", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> None:
+@report_user_errors("lp-prep")
+def hydra_main(cfg: DictConfig) -> None:
     result = execute(cfg)
     shown = {k: v for k, v in result.items() if k not in ("skipped", "by_dataset")}
     print(json.dumps(shown, indent=1, default=str))
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console script ``lp-prep``: ``recipe NAME ...``, ``check-splits MANIFEST ...``, or Hydra overrides."""
+    """Console script ``lp-prep``: ``recipe NAME ...``, ``check-splits MANIFEST ...``, or Hydra overrides; user errors
+    -> one line, exit 2 (``--debug`` for the traceback)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] in (["recipe"], ["check-splits"]):
         sys.exit((recipe_main if argv[0] == "recipe" else check_splits_main)(argv[1:]))
-    sys.argv = [sys.argv[0], *argv]
-    _hydra_main()
+    run_cli("lp-prep", hydra_main, argv)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,8 @@ def collect(out: Path) -> tuple[list[dict], list[dict], list[dict]]:
         done = j.done_inputs()
         shards += j.shards()
         records += list(done.values())
-        tasks.append({"prefix": j.header["prefix"], "inputs": j.header["num_inputs"], "done": len(done)})
+        tasks.append({"prefix": j.header["prefix"], "inputs": j.header["num_inputs"], "done": len(done),
+                      "task": j.header.get("task"), "num_tasks": j.header.get("num_tasks")})  # fmt: skip
     return shards, records, tasks
 
 
@@ -86,7 +87,18 @@ def build_index(out: Path, shards: list[dict], tasks: list[dict], check_keys: bo
         "num_samples": sum(e["samples"] for e in entries), "num_frames": sum(e["frames"] for e in entries),
         "bytes": sum(e["bytes"] for e in entries), "tasks": tasks,
         "incomplete_tasks": [t["prefix"] for t in tasks if t["done"] < t["inputs"]],
+        "missing_tasks": missing_tasks(tasks),
     }  # fmt: skip
+
+
+def missing_tasks(tasks: list[dict]) -> list[int]:
+    """Indices of the array tasks with no journal at all (never ran, or their outputs were lost): the task count is
+    recorded in every journal's header."""
+    counts = {t["num_tasks"] for t in tasks if t.get("num_tasks")}
+    if len(counts) > 1:
+        raise ValueError(f"journals of different task counts {sorted(counts)} in one output dir: rerun with one count")
+    present = {t["task"] for t in tasks if t.get("task") is not None}
+    return sorted(set(range(counts.pop())) - present) if counts else []
 
 
 def summarize(records: list[dict]) -> dict:
@@ -206,7 +218,8 @@ def _markdown(summary: dict, index: dict, images: list[str]) -> str:
         f"identities kept: {summary['identities_kept']}",
         f"- decoder errors: {summary['decode_errors']['error_lines']} lines in {summary['decode_errors']['inputs']} "
         f"inputs; {summary['decode_errors']['frames_dropped']} frames decoded after an input's first error dropped",
-        f"- incomplete tasks: {index['incomplete_tasks'] or 'none'}", "",
+        f"- incomplete tasks: {index['incomplete_tasks'] or 'none'}",
+        f"- missing tasks: {index.get('missing_tasks') or 'none'}", "",
         "## Drops by reason", "", "| level | reason | count |", "|---|---|---|",
     ]  # fmt: skip
     for level, key in (("input", "input_reasons"), ("frames", "drop_frames"), ("clips", "drop_clips")):
@@ -225,6 +238,12 @@ def merge(cfg: DictConfig) -> dict:
     if not tasks:
         raise FileNotFoundError(f"no journals under {out / 'journal'}: run `lp-prep` (mode=run) first")
     index = build_index(out, shards, tasks, cfg.report.check_keys)
+    if (index["missing_tasks"] or index["incomplete_tasks"]) and not cfg.get("allow_incomplete", False):
+        raise ValueError(
+            f"merge refused: array tasks missing {index['missing_tasks']} (no journal), incomplete "
+            f"{index['incomplete_tasks']}; rerun them (slurm/submit_prep.sh --rerun K, or lp-prep task.index=K "
+            "task.count=N with the same inputs), or pass allow_incomplete=true to index what exists"
+        )
     write_json_atomic(out / "index.json", index)
     report_dir = out / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -238,7 +257,8 @@ def merge(cfg: DictConfig) -> dict:
     tmp = report_dir / "report.md.tmp"
     tmp.write_text(_markdown(summary, index, images), encoding="utf-8")
     os.replace(tmp, report_dir / "report.md")
-    if index["incomplete_tasks"]:
-        log.warning("incomplete tasks (rerun them): %s", index["incomplete_tasks"])
+    if index["incomplete_tasks"] or index["missing_tasks"]:
+        log.warning("allow_incomplete=true: incomplete tasks %s, missing tasks %s (rerun them)",
+                    index["incomplete_tasks"], index["missing_tasks"])  # fmt: skip
     log.info("merged %d shards, %d samples -> %s", index["num_shards"], index["num_samples"], out)
     return {"index": index, "summary": summary}

@@ -78,7 +78,9 @@ def list_inputs(cfg: DictConfig) -> list[InputItem]:
     return items
 
 
-def _open_journal(cfg: DictConfig, out: Path, prefix: str, items: list[InputItem], pcfg: ProcessConfig) -> Journal:
+def _open_journal(
+    cfg: DictConfig, out: Path, prefix: str, items: list[InputItem], pcfg: ProcessConfig, task: tuple[int, int] = (0, 1)
+) -> Journal:
     journal = Journal(out / "journal" / f"{prefix}.jsonl")
     settings = {
         "process": dataclasses.asdict(pcfg),
@@ -88,6 +90,7 @@ def _open_journal(cfg: DictConfig, out: Path, prefix: str, items: list[InputItem
     header = {
         "type": "header", "prefix": prefix, "config_digest": config_digest(settings),
         "inputs_digest": config_digest([it.uid for it in items]), "num_inputs": len(items), "settings": settings,
+        "task": task[0], "num_tasks": task[1],  # lets the merge find tasks whose outputs are missing altogether
     }  # fmt: skip
     old = journal.header
     if old is None:
@@ -132,7 +135,7 @@ def _run_task(cfg: DictConfig, k: int, n: int, prefix: str) -> dict:
     shard_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    journal = _open_journal(cfg, out, prefix, items, pcfg)
+    journal = _open_journal(cfg, out, prefix, items, pcfg, (k, n))
     next_index, partial = recover(shard_dir, prefix, journal)
     done = journal.done_inputs()
     todo = [it for it in items if it.uid not in done]

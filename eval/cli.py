@@ -38,6 +38,7 @@ from lp_train.conf import CONF_DIR
 from omegaconf import DictConfig, OmegaConf
 
 from lp_train import runinfo
+from lp_train.cli_errors import report_user_errors, run_cli
 from lp_train.fileio import atomic_write_text
 from lp_train.pretrained import resolve as resolve_checkpoint
 
@@ -99,6 +100,7 @@ def _write_reports(cfg: DictConfig, ctx: EvalContext, summary: dict, results: di
 
 
 @hydra.main(config_path=CONF_DIR, config_name="eval", version_base="1.3")
+@report_user_errors("lp-eval")
 def _hydra_main(cfg: DictConfig) -> None:
     summary = evaluate(cfg)
     if rank_world()[0] == 0:
@@ -121,10 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     """Console script ``lp-eval``: ``compare ...`` or Hydra overrides for ``evaluate``."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["compare"]:
-        _compare_main(argv[1:])
+        run_cli("lp-eval compare", lambda: _compare_main([a for a in argv[1:] if a != "--debug"]), argv)
     else:
-        sys.argv = [sys.argv[0], *argv]
-        _hydra_main()
+        run_cli("lp-eval", _hydra_main, argv)  # user errors -> one line, exit 2 (--debug: traceback)
 
 
 if __name__ == "__main__":

@@ -79,12 +79,13 @@ def test_train_script_scales_from_the_allocation(tmp_path: Path) -> None:
         "SLURM_CLUSTER_NAME": "big",
     }
     lines = run_with_fake_slurm(tmp_path, "train.sbatch", ["experiment=stage1"], **slurm)
-    assert lines[0] == "MASTER_ADDR=gpu01 MASTER_PORT=19242 WANDB_RUN_ID=big-4242"
+    assert lines[0] == "MASTER_ADDR=gpu01 MASTER_PORT=19242 WANDB_RUN_ID="  # the id lives in the run dir
     argv = lines[1:]
+    assert "--cpus-per-task=1" in argv[: argv.index("lp-train")]
     assert argv[argv.index("lp-train") + 1 :] == [
         "trainer.num_nodes=16",
         "trainer.devices=8",
-        f"hydra.run.dir={tmp_path}/runs/lp-train-4242",
+        f"hydra.run.dir={tmp_path}/runs/stage1",  # runs/<name>: a resubmitted job resumes the same run
         "callbacks.model_checkpoint.signals=[SIGTERM,SIGUSR1,SIGUSR2]",
         "experiment=stage1",
     ]
@@ -157,6 +158,45 @@ def test_submit_prep_chains_the_merge_after_the_array(tmp_path: Path) -> None:
     assert array == f"101 --parsable -p cpu --array=0-3 {REPO}/slurm/prep_array.sbatch output.dir=/s"
     assert merge.startswith("102 --parsable -p cpu --dependency=afterok:101 --kill-on-invalid-dep=yes")
     assert merge.endswith("prep_merge.sbatch output.dir=/s")
+
+
+def test_submit_prep_reruns_single_tasks_and_refuses_oversized_requests(tmp_path: Path) -> None:
+    """`--rerun 1,3` submits only those tasks of the same n (+ a merge); a CPU request larger than the partition's
+    largest node stops with an error instead of pending forever; a task index outside n is refused."""
+    (tmp_path / "sbatch").write_text(FAKE_SBATCH)
+    (tmp_path / "sinfo").write_text('#!/bin/bash\necho 2\necho "4+"\n')  # CPUs of the partition's nodes
+    for f in ("sbatch", "sinfo"):
+        (tmp_path / f).chmod(0o755)
+    log = tmp_path / "sbatch.log"
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "FAKE_LOG": str(log), "LP_PREP_TASKS": "4"}
+    cmd = ["bash", str(REPO / "slurm" / "submit_prep.sh")]
+    res = subprocess.run(
+        [*cmd, "--rerun", "1,3", "output.dir=/s"], env=env, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert res.returncode == 0, res.stderr
+    array, merge = log.read_text().splitlines()
+    assert "--array=1,3" in array.split() and "--dependency=afterok:101" in merge
+    res = subprocess.run([*cmd, "--rerun", "4", "x=1"], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 2 and "task 4 is not in 0..3" in res.stderr
+    big = {**env, "LP_SBATCH_ARGS": "--cpus-per-task=16"}
+    res = subprocess.run([*cmd, "x=1"], env=big, capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 2 and "16 CPUs per task requested, the largest node of the partition has 4" in res.stderr
+    assert len(log.read_text().splitlines()) == 2  # nothing more was submitted
+
+
+def test_prep_array_passes_its_task_explicitly(tmp_path: Path) -> None:
+    """A re-run of task 1 alone (`--array=1`: SLURM says 1 task) still curates slice 1 of LP_PREP_TASKS=4, with the
+    task's CPUs passed to srun (Slurm >= 22.05 does not inherit them)."""
+    env = {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "1", "LP_PREP_TASKS": "4", "SLURM_CPUS_PER_TASK": "3"}
+    argv = run_with_fake_slurm(tmp_path, "prep_array.sbatch", ["output.dir=/s"], **env)[1:]
+    assert argv[:1] == ["--cpus-per-task=3"]
+    assert argv[argv.index("lp-prep") + 1 :] == [
+        "mode=run",
+        "workers=3",
+        "task.index=1",
+        "task.count=4",
+        "output.dir=/s",
+    ]
 
 
 def test_eval_script_gives_each_task_its_torch_rank(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -224,16 +225,23 @@ def shard_members(out_dir: Path) -> dict[str, str]:
     return members
 
 
-def test_prep_array_with_dependent_merge_matches_single_process(
-    slurm_cluster: LocalSlurmCluster, tmp_path: Path
-) -> None:
-    """Curation as a 2-task job array + afterok merge gives exactly the samples of a single-process run."""
+@pytest.fixture(scope="module")
+def single_process_curation(tmp_path_factory) -> Path:
+    """The reference: the same curation as one process (no SLURM)."""
     if not FACES.is_dir():
         pytest.skip(f"test data {FACES} not found (../shared/data/faces beside the repo)")
     lp_prep = require_cli("lp-prep")
-    single = tmp_path / "single"
+    single = tmp_path_factory.mktemp("prep") / "single"
     res = subprocess.run([lp_prep, *PREP_TINY, f"output.dir={single}"], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
+    return single
+
+
+def test_prep_array_with_dependent_merge_matches_single_process(
+    slurm_cluster: LocalSlurmCluster, tmp_path: Path, single_process_curation: Path
+) -> None:
+    """Curation as a 2-task job array + afterok merge gives exactly the samples of a single-process run."""
+    single = single_process_curation
 
     array_dir, logs = tmp_path / "array", tmp_path / "logs"
     logs.mkdir()
@@ -259,8 +267,56 @@ def test_prep_array_with_dependent_merge_matches_single_process(
     assert len(want) > 20 and got == want, f"{len(want)} vs {len(got)} members; differ: {set(want) ^ set(got)}"
     index = json.loads((array_dir / "index.json").read_text())
     single_samples = sum(1 for name in want if name.endswith(".json"))
-    assert index["num_samples"] == single_samples and index["incomplete_tasks"] == []
+    assert index["num_samples"] == single_samples and index["incomplete_tasks"] == [] == index["missing_tasks"]
     assert {t["prefix"] for t in index["tasks"]} == {"faces-t0000", "faces-t0001"}
+
+
+def test_prep_array_task_rerun_recovers_and_the_merge_refuses_missing_tasks(
+    slurm_cluster: LocalSlurmCluster, tmp_path: Path, single_process_curation: Path
+) -> None:
+    """Task 1 of 2 never ran: the merge job refuses (fails, naming task 1) instead of indexing half the data.
+    `submit_prep.sh --rerun 1` runs exactly slice 1 of 2 (before: `sbatch --array=1` ran "task 0 of 1", re-curated
+    everything and the merge failed on duplicate keys) and its merge equals a single-process run."""
+    require_cli("lp-prep")
+    out, logs = tmp_path / "array", tmp_path / "logs"
+    logs.mkdir()
+    env = {**slurm_cluster.env, **job_env(LP_PREP_TASKS="2", LP_PREP_WORKERS="1",
+                                          LP_SBATCH_ARGS=f"--cpus-per-task=1 --output={logs}/%x-%j.out")}  # fmt: skip
+    submit = [str(REPO / "slurm" / "submit_prep.sh")]
+    overrides = [*PREP_TINY, f"output.dir={out}"]
+
+    def submit_tasks(task: str) -> dict[str, str]:
+        res = subprocess.run([*submit, "--rerun", task, *overrides], env=env, cwd=tmp_path, capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        return dict(kv.split("=") for kv in res.stdout.split())
+
+    first = submit_tasks("0")  # as if task 1 had been lost
+    slurm_cluster.wait(first["array"], 600)
+    slurm_cluster.wait(first["merge"], 600, states=("FAILED",))
+    merge_log = (logs / f"lp-prep-merge-{first['merge']}.out").read_text()
+    assert "merge refused: array tasks missing [1]" in merge_log, merge_log[-2000:]
+    assert not (out / "index.json").exists()
+
+    again = submit_tasks("1")
+    slurm_cluster.wait(again["merge"], 600)
+    task_log = next(logs.glob(f"lp-prep-{again['array']}.out")).read_text()
+    assert "task 1 of 2" in task_log, task_log[-2000:]
+    assert shard_members(out) == shard_members(single_process_curation)
+    index = json.loads((out / "index.json").read_text())
+    assert index["missing_tasks"] == [] == index["incomplete_tasks"]
+    assert {t["prefix"] for t in index["tasks"]} == {"faces-t0000", "faces-t0001"}
+
+    # a merge over missing outputs, by hand: refused unless allow_incomplete=true, which records them
+    shutil.rmtree(out / "journal" / "faces-t0001.jsonl", ignore_errors=True)
+    (out / "journal" / "faces-t0001.jsonl").unlink(missing_ok=True)
+    lp_prep = require_cli("lp-prep")
+    res = subprocess.run([lp_prep, "mode=merge", *overrides], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "missing [1]" in res.stderr, res.stderr[-2000:]
+    res = subprocess.run([lp_prep, "mode=merge", "allow_incomplete=true", *overrides], capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((out / "index.json").read_text())["missing_tasks"] == [1]
 
 
 def wandb_run_record(run_dir: Path) -> dict[str, str]:
@@ -311,6 +367,49 @@ def test_hydra_sweep_through_submitit_launcher(slurm_cluster: LocalSlurmCluster,
     assert sorted(i["slurm"]["array_task_id"] for i in infos) == ["0", "1"]
     assert runs[0]["id"] != runs[1]["id"], "each sweep member must be its own wandb run"
     assert runs[0]["group"] == runs[1]["group"] == sweep_group(infos[0]) != ""
+
+
+def test_sweep_member_preempted_with_usr2_checkpoints_and_is_requeued(
+    slurm_cluster: LocalSlurmCluster, tmp_path: Path
+) -> None:
+    """`scancel --signal=USR2` (submitit's preemption / time-limit signal) on a sweep member: lp-train checkpoints at
+    the end of that step, then submitit requeues the member, which resumes from exactly that step and finishes; the
+    `lp-train -m` command exits 0. Before: submitit's handler requeued at once without a checkpoint (the member
+    resumed from the last periodic one) and the command exited 1."""
+    lp_train = require_cli("lp-train")
+    sweep = tmp_path / "sweep"
+    cmd = [
+        lp_train, "-m", "hydra/launcher=slurm_local", f"hydra.sweep.dir={sweep}", "experiment=stage1_tiny",
+        "trainer.max_steps=40", "trainer.enable_progress_bar=false", "callbacks.model_checkpoint.every_n_train_steps=2",
+        "callbacks.model_checkpoint.keep_last=0", "module.optimizer_g.lr=1e-4",
+    ]  # fmt: skip
+    env = {**slurm_cluster.env, **job_env()}
+    env.pop("WANDB_RUN_ID", None)
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    member = sweep / "0"
+    try:
+        wait_for(lambda: (member / "checkpoints" / "step00000004.ckpt").exists() or proc.poll() is not None, 600,
+                 "the member's step-4 checkpoint")  # fmt: skip
+        assert proc.poll() is None, proc.stdout.read()[-4000:]
+        jid = json.loads((member / "runinfo.json").read_text())["slurm"]["job_id"]
+        slurm_cluster.run("scancel", "--signal=USR2", jid)
+        slurm_cluster.wait_requeued(jid)
+        slurm_cluster.release_requeued(jid)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    logs = "\n".join(p.read_text(errors="replace") for p in sorted(sweep.glob(".submitit/*/*.out")))
+    assert proc.returncode == 0, out[-4000:] + logs[-4000:]
+    signalled = [int(x.split("checkpointing step ")[1].split()[0]) for x in logs.splitlines()
+                 if "signal 12 received: checkpointing step" in x]  # fmt: skip
+    assert len(signalled) == 1 and 4 <= signalled[0] < 40, logs[-4000:]
+    step = signalled[0]
+    assert f"resuming from {member}/checkpoints/last.ckpt (step {step})" in logs, logs[-4000:]
+    assert read_ckpt(member / "checkpoints" / "last.ckpt")["global_step"] == 40 and (member / "model.pt").exists()
+    assert slurm_cluster.job_state(jid).get("Restarts") == "1"
+    ids = {(member / "wandb_run_id").read_text().strip()}
+    assert len(ids) == 1 and len(list((member / "wandb").glob(f"offline-run-*-{ids.pop()}"))) == 2  # one run id
 
 
 def tiny_model_file(path: Path) -> Path:

@@ -7,7 +7,6 @@ import csv
 import logging
 import os
 import signal
-import time
 
 import lightning as L
 import pytest
@@ -137,15 +136,10 @@ def test_atomic_checkpoint_io_never_leaves_a_partial_file(tmp_path, monkeypatch)
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
 
 
-def test_resume_auto_picks_the_newest_checkpoint(tmp_path):
+def test_resume_path_rules(tmp_path):
+    """auto without checkpoints -> None; null -> None; a missing explicit file -> a clear error. (Which checkpoint
+    auto picks: tests/test_run_control.py.)"""
     assert find_resume_checkpoint(tmp_path) is None and resume_path("auto", tmp_path) is None
-    (tmp_path / "checkpoints").mkdir()
-    old = tmp_path / "checkpoints" / "step00000002.ckpt"
-    old.write_bytes(b"x")
-    time.sleep(0.01)
-    hpc = tmp_path / "hpc_ckpt_1.ckpt"
-    hpc.write_bytes(b"x")
-    assert find_resume_checkpoint(tmp_path) == hpc
     assert resume_path(None, tmp_path) is None
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         resume_path(str(tmp_path / "missing.ckpt"), tmp_path)

@@ -109,6 +109,7 @@ def test_sigterm_preempts_a_real_lp_train_process_and_resume_auto_continues(tmp_
     stopped = ckpt["global_step"]
     assert 0 < stopped < 1000, out[-3000:]
     assert f"checkpointing step {stopped} and stopping" in out, out[-3000:]
+    assert proc.returncode == 128 + signal.SIGTERM and not (run / "model.pt").exists()  # stopped early: not done
     done = subprocess.run([*base, f"trainer.max_steps={stopped + 2}"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

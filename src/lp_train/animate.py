@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from lp_train.animate_io import AnimateError, VideoWriter, is_image, probe_video, read_image, read_video
 from lp_train.checkpoint import CheckpointError, MissingHeadsError, load_model_weights
+from lp_train.cli_errors import UserError, report_user_errors, run_cli
 from lp_train.conf import CONF_DIR
 from lp_train.face import landmarks as lm
 from lp_train.face.crop import crop_affine, warp_crop
@@ -186,16 +187,17 @@ def animate(cfg: DictConfig) -> Path:
 
 
 @hydra.main(config_path=CONF_DIR, config_name="animate", version_base="1.3")
+@report_user_errors("lp-animate")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         print(animate(cfg))
     except AnimateError as e:
-        raise SystemExit(f"lp-animate: error: {e}") from None
+        raise UserError(str(e)) from e
 
 
 def main() -> None:
-    """Console script ``lp-animate`` (Hydra overrides on the command line)."""
-    _hydra_main()
+    """Console script ``lp-animate`` (Hydra overrides on the command line); user errors -> one line, exit 2."""
+    run_cli("lp-animate", _hydra_main)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,13 @@ missing, unexpected and mis-shaped keys are reported (the first few by name) and
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from lp_train.fileio import atomic_torch_save
 from lp_train.pretrained import resolve
 
 MODEL_FORMAT = "lp-train-model/1"
@@ -122,32 +122,21 @@ def read_official_dir(root: str | os.PathLike) -> dict[str, Mapping]:
     return files
 
 
-def atomic_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_official_dir(state_dict: Mapping[str, torch.Tensor], root: str | os.PathLike) -> list[Path]:
     """Write our state dict as the official release layout; returns the files written."""
     root = Path(root)
     written = []
     for stem, sd in to_liveportrait(state_dict).items():
         path = root / (RETARGET_FILE if stem == "stitching_retargeting_module" else f"base_models/{stem}.pth")
-        atomic_save(dict(sd), path)
+        atomic_torch_save(dict(sd), path)
         written.append(path)
     return written
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, config: Mapping | None = None) -> None:
     """Save our model file (state dict + the resolved model config, no pickled code)."""
-    atomic_save({"format": MODEL_FORMAT, "state_dict": model.state_dict(), "config": dict(config or {})}, Path(path))
+    obj = {"format": MODEL_FORMAT, "state_dict": model.state_dict(), "config": dict(config or {})}
+    atomic_torch_save(obj, path)
 
 
 def read_model_state(path: str | os.PathLike, prefix: str | None = None) -> dict[str, torch.Tensor]:
@@ -158,6 +147,9 @@ def read_model_state(path: str | os.PathLike, prefix: str | None = None) -> dict
     if path.is_dir():
         return from_liveportrait(read_official_dir(path))
     obj = _trusted_load(path)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a model file, a Lightning checkpoint or a "
+                              "state dict")  # fmt: skip
     if obj.get("format") == MODEL_FORMAT:
         sd = obj["state_dict"]
         if obj.get("storage_dtype") == "float16":

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from torch import nn
 
-from lp_train.checkpoint import CheckpointError, load_model_weights, save_model, write_official_dir
+from lp_train.checkpoint import load_model_weights, save_model, write_official_dir
+from lp_train.cli_errors import EXIT_USER_ERROR, debug_requested, one_line, user_error_types
 from lp_train.conf import CONF_DIR
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("inspect", help="parameter counts of a checkpoint loaded into conf/model/<model>.yaml")
     p.add_argument("ckpt")
     p.add_argument("--model", default="official")
-    args = ap.parse_args(argv)
+    ap.add_argument("--debug", action="store_true", help="show the traceback of errors")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = debug_requested(argv)
+    args = ap.parse_args([a for a in argv if a != "--debug"])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.cmd == "import-official":
@@ -82,9 +86,11 @@ def main(argv: list[str] | None = None) -> int:
             net, _ = build_model(args.model)
             load_model_weights(net, args.ckpt)
             print(_counts(net))
-    except (CheckpointError, FileNotFoundError) as e:
-        print(f"lp-ckpt: error: {e}", file=sys.stderr)
-        return 2
+    except user_error_types() as e:
+        if debug:
+            raise
+        print(f"lp-ckpt: error: {one_line(e)}  (--debug for the traceback)", file=sys.stderr)
+        return EXIT_USER_ERROR
     return 0
 
 

@@ -6,8 +6,9 @@
   and — on SIGTERM / SIGUSR1 (SLURM's warning signal) — after the current step, then a clean stop (all ranks agree).
   Saving at a step boundary (not mid-step from a signal handler, not after ``fit`` returns) keeps the loop state
   "mid-epoch", which is what an exact resume needs;
-- ``find_resume_checkpoint``: the newest checkpoint of a run directory (``checkpoints/last.ckpt``, periodic
-  ``checkpoints/step*.ckpt`` or Lightning's SLURM ``hpc_ckpt_*.ckpt``), for ``resume=auto``.
+- ``find_resume_checkpoint``: the checkpoint of a run directory (``checkpoints/last.ckpt``, periodic
+  ``checkpoints/step*.ckpt`` or Lightning's SLURM ``hpc_ckpt_*.ckpt``) with the highest global step, read from the
+  files (never their mtimes); unreadable ones are reported and skipped — for ``resume=auto``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import logging
 import os
 import shutil
 import signal
-import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,27 +26,19 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from lp_train.fileio import atomic_torch_save
+
 log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` into ``<dir>/.<name>.*.tmp``, fsync, then ``os.replace`` onto the final name."""
+    """``torch.save`` through ``lp_train.fileio.atomic_torch_save``: a temporary file in the target directory, fsync,
+    ``os.replace`` onto the final name; the file is readable by the group/others as the umask allows (0644)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options, got {storage_options!r}")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_torch_save(checkpoint, path)
 
 
 class StepCheckpoint(L.Callback):
@@ -57,6 +49,11 @@ class StepCheckpoint(L.Callback):
     Signal handlers are installed at the start of fitting, chained with those already present (Lightning's own
     SIGTERM and SLURM handlers keep working), and restored at the end. Only rank 0 touches the files; every rank
     takes part in the save (``Trainer.save_checkpoint`` is collective).
+
+    Inside a submitit job (a ``lp-train -m hydra/launcher=slurm*`` sweep member) the preemption signal submitit asked
+    SLURM for (``SUBMITIT_PREEMPT_SIGNAL``, USR2 by default) is handled too, but submitit's own handler — which
+    requeues the job and exits the process at once — is held back until the checkpoint is written:
+    ``run_deferred_handlers`` (called by ``lp_train.train`` after fitting) runs it.
 
     Args:
         dirpath: checkpoint directory (the run's ``checkpoints/``).
@@ -78,18 +75,28 @@ class StepCheckpoint(L.Callback):
         self.received: int | None = None
         self.saved_step: int | None = None
         self._previous: dict[int, Any] = {}
+        self._deferred: set[int] = set()  # signals whose previous handler runs after the checkpoint
+        self._pending: list[tuple[Any, int]] = []
 
     def _handler(self, signum: int, frame: Any) -> None:
         self.received = signum
         previous = self._previous.get(signum)
-        if callable(previous):
+        if signum in self._deferred:
+            self._pending.append((previous, signum))
+        elif callable(previous):
             previous(signum, frame)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if threading.current_thread() is not threading.main_thread():
             log.warning("StepCheckpoint: not the main thread, signal handlers not installed")
             return
-        for sig in self.signals:
+        signals = list(self.signals)
+        if os.environ.get("SUBMITIT_FOLDER"):  # set by submitit in the job process
+            preempt = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
+            if preempt is not None:
+                self._deferred.add(preempt)
+                signals.append(preempt)
+        for sig in dict.fromkeys(signals):
             self._previous[sig] = signal.getsignal(sig)
             signal.signal(sig, self._handler)
 
@@ -125,10 +132,26 @@ class StepCheckpoint(L.Callback):
                 old.unlink(missing_ok=True)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore()  # also when the fit ends by an exception (Lightning's SIGTERM stop raises one)
+
+    def _restore(self) -> None:
         for sig, handler in self._previous.items():
             if handler is not None:
                 signal.signal(sig, handler)
         self._previous = {}
+
+    def run_deferred_handlers(self) -> None:
+        """Run the held-back handlers (submitit's checkpoint-and-requeue, which may exit the process)."""
+        pending, self._pending = self._pending, []
+        for handler, signum in pending:
+            if callable(handler):
+                log.warning(
+                    "checkpoint written: handing signal %d to %s", signum, getattr(handler, "__qualname__", handler)
+                )
+                handler(signum, None)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -142,11 +165,35 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The ``global_step`` stored in a Lightning checkpoint (``weights_only`` load, memory-mapped: the tensors are
+    not read). Raises ``ValueError`` naming the file when it is truncated, corrupt or not a Lightning checkpoint."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(ckpt["global_step"])
+    except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise ValueError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+
+
 def find_resume_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The most recently written checkpoint of ``run_dir`` (see module docstring), or None."""
+    """The checkpoint of ``run_dir`` with the highest global step (see module docstring), or None.
+
+    The step is read from each file, never taken from its modification time (a ``cp -r``, an ``rsync`` without
+    ``-t`` or a restore from backup scrambles those). Among files of the same step ``last.ckpt`` wins (it may hold
+    the later, end-of-epoch loop state), then the newer file. A file that cannot be read (truncated by a full disk,
+    corrupt) is reported with a warning naming it and skipped, so the run falls back to the newest intact one.
+    """
     run_dir = Path(run_dir)
     candidates = [*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
     candidates = [p for p in candidates if p.is_file() and not p.name.startswith(".")]
-    if not candidates:
+    ranked = []
+    for path in candidates:
+        try:
+            ranked.append((checkpoint_step(path), path.name == "last.ckpt", path.stat().st_mtime_ns, path))
+        except ValueError as e:
+            log.warning("resume: skipping %s", e)
+    if not ranked:
         return None
-    return max(candidates, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"))
+    best = max(ranked, key=lambda r: r[:3])
+    log.info("resume: %s holds the highest step (%d) of %d readable checkpoint(s)", best[3], best[0], len(ranked))
+    return best[3]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from lp_train.face.landmarks import LEFT_EYE_CORNERS, RIGHT_EYE_CORNERS, eye_open_ratio, lip_open_ratio
+from lp_train.fileio import atomic_torch_save
 from lp_train.teachers.landmark_regressor import LandmarkRegressor, heatmap_loss, scatter_to_mesh, soft_argmax
 
 log = logging.getLogger(__name__)
@@ -131,15 +131,6 @@ class LandmarkModule(L.LightningModule):
 
 def export_state(net: nn.Module, path: str | os.PathLike) -> Path:
     """Atomically write ``net``'s plain state dict (what ``weights.landmark`` loads)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    path = atomic_torch_save({k: v.detach().cpu() for k, v in net.state_dict().items()}, path)
     log.info("landmark regressor exported to %s", path)
     return path

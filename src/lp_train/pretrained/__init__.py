@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from lp_train.fileio import atomic_torch_save
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 MAX_BYTES = 15 * 1024 * 1024  # what the repository and the wheel carry
 HEADS = "stitching_retargeting_module."
@@ -85,7 +87,6 @@ def pack(checkpoint: str | os.PathLike, out: str | os.PathLike, model: str = "ti
     from lp_train.checkpoint import (  # deferred: lp_train.checkpoint imports this package (short names)
         MODEL_FORMAT,
         CheckpointError,
-        atomic_save,
         read_model_state,
     )
 
@@ -118,7 +119,7 @@ def pack(checkpoint: str | os.PathLike, out: str | os.PathLike, model: str = "ti
     record = {"format": MODEL_FORMAT, "state_dict": base, "storage_dtype": "float16", "metadata": metadata,
               "config": {"model": model}}  # fmt: skip
     tmp = out.with_name(f".{out.name}.packing")
-    atomic_save(record, tmp)
+    atomic_torch_save(record, tmp)
     size = tmp.stat().st_size
     if size > MAX_BYTES:
         tmp.unlink()
