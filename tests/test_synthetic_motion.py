@@ -86,21 +86,22 @@ def test_a_few_steps_reduce_the_held_out_loss(tmp_path):
     assert "| hopper | unseen | blur_matched_copy_source | 7 |" in (tmp_path / "learning.md").read_text()
 
 
-SLOW_STEPS = 1500  # experiment=stage1_cpu, batch 4: about 12-13 minutes on one free CPU core (about 2 steps/s)
-SLOW_MARGIN = 0.9  # held-out model L1 / copy-the-source L1 must be below this
+SLOW_STEPS = 1500  # experiment=stage1_cpu, batch 4: about 12-17 minutes on one CPU core (about 1.5-2 steps/s)
+SLOW_MARGIN = 0.95  # held-out model L1 / copy-the-source L1 must be below this (measured 0.887 at 1500 steps)
+SLOW_MARGIN_LARGE = 0.9  # the same on the large-motion third (measured 0.814)
 
 
 @pytest.mark.slow
 def test_tiny_model_beats_copy_source_on_held_out_identities(tmp_path):
     """The 19 real portraits moved along known smooth motions (every 4th identity held out whole, 32 frames each):
     after ``SLOW_STEPS`` steps of the CPU recipe the model beats copy-the-source by ``SLOW_MARGIN`` and the
-    blur-matched copy on the held-out identities, on all pairs and on the large-motion third.
+    blur-matched copy on the held-out identities, and copy-the-source by ``SLOW_MARGIN_LARGE`` on their large-motion
+    third: the keypoint -> warp path moves faces it has never seen.
 
-    Measured so far (1 thread on a shared, oversubscribed 2-core machine, seed 0; unseen identities, model /
-    copy-the-source / blur-matched / floor): step 100 0.148 / 0.121 / 0.135 / 0.117, step 200 0.139 / 0.121 /
-    0.132 / 0.112, step 300 0.131 / 0.121 / 0.125 / 0.099 (large-motion third: 0.152 vs copy 0.155) - falling,
-    not yet below copy-the-source on all pairs. ``SLOW_STEPS`` and ``SLOW_MARGIN`` are not yet
-    confirmed by a full run: calibrate them with one run on a free core."""
+    Measured (1 thread on a shared 2-core machine, seed 0, ``--every 250``; unseen identities, model /
+    copy-the-source / blur-matched / floor): step 250 0.137 / 0.121, 500 0.120, 750 0.115, 1000 0.114,
+    1250 0.109 / 0.121 / 0.115 / 0.073, 1500 0.1075 / 0.1212 / 0.1149 / 0.072 (ratio 0.887); large-motion third
+    at 1500: 0.126 vs copy 0.155 (0.814) and blur-matched 0.138. Wall time 17 min beside other jobs."""
     if not (FACES / "images").is_dir():
         pytest.skip(f"real test portraits not found at {(FACES / 'images').resolve()}")
     main([str(tmp_path), "--portraits", str(FACES / "images"), "--frames-per-clip", "32", "--every", str(SLOW_STEPS),
@@ -112,4 +113,4 @@ def test_tiny_model_beats_copy_source_on_held_out_identities(tmp_path):
     assert unseen["l1"] < SLOW_MARGIN * unseen["l1_copy_source"]
     assert unseen["l1"] < unseen["blur_matched_copy_source"]["l1"]
     large = unseen["large_motion"]
-    assert large["model"]["l1"] < SLOW_MARGIN * large["copy_source"]["l1"]
+    assert large["model"]["l1"] < SLOW_MARGIN_LARGE * large["copy_source"]["l1"]
