@@ -30,6 +30,15 @@ PHASES = ("g_forward", "g_backward", "g_optimizer", "d_forward", "d_backward", "
 # g_forward = the networks F, M, W, G ("g_forward_networks", reported on its own) + every loss term
 
 
+def _backward_step(loss, opt, t: list[float]) -> None:
+    """Backward, then the optimiser step; appends the time after each to ``t``."""
+    loss.backward()
+    t.append(time.perf_counter())
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    t.append(time.perf_counter())
+
+
 def _measure(config: str, batch_size: int, reps: int, warmup: int) -> dict:
     import torch
     from hydra import compose, initialize_config_dir
@@ -58,11 +67,7 @@ def _measure(config: str, batch_size: int, reps: int, warmup: int) -> dict:
         terms = module.loss.generator_losses(module.model, batch, out, module.discriminators)
         total = module.loss.total(terms)
         t.append(time.perf_counter())
-        total.backward()
-        t.append(time.perf_counter())
-        opt_g.step()
-        opt_g.zero_grad(set_to_none=True)
-        t.append(time.perf_counter())
+        _backward_step(total, opt_g, t)
         d_total = 0
         for name, disc in module.discriminators.items():
             fake, real = module.loss.gan_inputs(
@@ -70,11 +75,7 @@ def _measure(config: str, batch_size: int, reps: int, warmup: int) -> dict:
             )
             d_total = d_total + discriminator_loss(disc(real), disc(fake))
         t.append(time.perf_counter())
-        d_total.backward()
-        t.append(time.perf_counter())
-        opt_d.step()
-        opt_d.zero_grad(set_to_none=True)
-        t.append(time.perf_counter())
+        _backward_step(d_total, opt_d, t)
         if i >= warmup:
             for p, a, b in zip(PHASES, t[:-1], t[1:], strict=True):
                 times[p].append(b - a)
