@@ -26,9 +26,10 @@ def _run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
 
 
 def _dependency_dirs() -> list[str]:
-    """Folders on this interpreter's path that hold installed packages, minus the checkout (and its .venv with the
-    editable install of lp_train)."""
-    dirs = [p for p in sys.path if p and Path(p).is_dir() and "site" in p and not p.startswith(str(ROOT))]
+    """Folders on this interpreter's path that hold installed packages (``site-packages``, also a ``.venv`` inside
+    the checkout, as ``make setup`` makes it). The checkout's editable lp_train is not reachable through them: its
+    path hook lives in a ``.pth`` file, and ``.pth`` files of folders listed in another ``.pth`` are not run."""
+    dirs = [p for p in sys.path if p and Path(p).is_dir() and "site-packages" in p]
     assert any((Path(d) / "torch").is_dir() for d in dirs), dirs
     return dirs
 
