@@ -196,8 +196,12 @@ CASES = {
     "eval-missing-checkpoint": ("lp-eval", ["model=tiny", "checkpoint=/nonexistent/model.pt", "weights=random",
                                             "out_dir=/tmp/lp-cli-err3"], "/nonexistent/model.pt"),
     "prep-bad-mode": ("lp-prep", ["mode=nope", "output.dir=/tmp/lp-cli-err5"], "mode must be run, merge or stats"),
-    "animate-missing-source": ("lp-animate", ["model=tiny", "checkpoint=/nonexistent.pt", "source=/none.jpg",
-                                              "driving=/none.mp4", "hydra.run.dir=/tmp/lp-cli-err6"], "not found"),
+    "animate-missing-checkpoint": ("lp-animate", ["model=tiny", "checkpoint=/nonexistent.pt", "source=/none.jpg",
+                                                  "driving=/none.mp4", "hydra.run.dir=/tmp/lp-cli-err6"],
+                                   "neither an existing file or folder nor a pretrained short name"),
+    "animate-missing-source": ("lp-animate", ["model=tiny", "checkpoint=stage1_tiny_faces", "stitching=false",
+                                              "source=/none.jpg", "driving=/none.mp4",
+                                              "hydra.run.dir=/tmp/lp-cli-err7"], "not found"),
 }  # fmt: skip
 
 
