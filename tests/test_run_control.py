@@ -147,7 +147,9 @@ def test_wandb_killed_by_sigterm_keeps_the_checkpoint_and_the_metrics(tmp_path):
                     probe, wandb=True)  # fmt: skip
     assert res.returncode == 128 + signal.SIGTERM, res.stderr[-3000:]
     out = res.stdout + res.stderr
-    assert "Traceback" not in out and "ConnectionResetError" in out and "wandb" in out, out[-3000:]
+    # (whether wandb makes another call on the dead connection before the stop, and so logs the reset as a warning,
+    # depends on timing: on a loaded CI machine it may not; either way no traceback and a clean signal stop)
+    assert "Traceback" not in out and "wandb" in out, out[-3000:]
     run = runs / "w"
     assert checkpoint_step(run / "checkpoints" / "last.ckpt") == 2
     rows = (run / "csv" / "version_0" / "metrics.csv").read_text().splitlines()
