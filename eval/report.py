@@ -19,7 +19,7 @@ from lp_eval.protocols import ProtocolResult, Sample
 
 from lp_train.animate_io import VideoWriter
 from lp_train.metrics import METRICS, append_result
-from lp_train.metrics.controls import METHODS
+from lp_train.metrics.controls import METHODS, control_note
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +93,7 @@ def controls_table(summary: dict, protocol: str) -> str:
         large = e["large_motion"]
         for m in METHODS:
             lm = large.get(m) or {}
-            note = f"floor {e['reconstruction_floor']:.4f}" if m == "model" else ""
-            if m == "blur_matched_copy_source" and e.get("blur_sigma") is not None:
-                note = f"σ {e['blur_sigma']:.2f} px" + (" (saturated)" if e.get("blur_saturated") else "")
+            note = control_note(e, m)
             out.append(f"| {name} | {m} | {e['pairs']} | {_l1(e[m]['l1'])} | {_l1(e[m]['l1_low'])} | "
                        f"{large['pairs']} | {_l1(lm.get('l1'))} | {_l1(lm.get('l1_low'))} | {note} |")  # fmt: skip
     return "\n".join(out) + "\n"

@@ -45,7 +45,7 @@ from lp_train.data.sample_shards import face_folder_samples, synthetic_samples, 
 from lp_train.data.synthetic_motion import held_out_identities, motion_samples, portrait_crops
 from lp_train.fileio import atomic_write_text
 from lp_train.lit.heldout import load_pairs, reenactment_l1
-from lp_train.metrics.controls import METHODS
+from lp_train.metrics.controls import METHODS, control_note
 from lp_train.train import train
 
 log = logging.getLogger(__name__)
@@ -135,9 +135,7 @@ def _method_rows(label: str, group: str, e: dict) -> list[str]:
     rows, large, copy = [], e["large_motion"], e["copy_source"]["l1"]
     for m in METHODS:
         lm = large.get(m) or {}
-        note = f"floor {e['reconstruction_floor']:.4f}" if m == "model" else ""
-        if m == "blur_matched_copy_source" and e.get("blur_sigma") is not None:
-            note = f"σ {e['blur_sigma']:.2f} px" + (" (saturated)" if e.get("blur_saturated") else "")
+        note = control_note(e, m)
         rows.append(f"| {label} | {group} | {m} | {e['pairs']} | {_f(e[m]['l1'])} | {_f(e[m]['l1_low'])} | "
                     f"{large['pairs']} | {_f(lm.get('l1'))} | {_f(lm.get('l1_low'))} | "
                     f"{e[m]['l1'] / max(copy, 1e-12):.3f} | {note} |")  # fmt: skip

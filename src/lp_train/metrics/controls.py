@@ -181,3 +181,12 @@ def clip_scores(
               "copy_source": {k: v.cpu() for k, v in frame_l1s(source, driving).items()},
               "blur_matched_copy_source": {k: v.cpu() for k, v in frame_l1s(blurred, driving).items()}}  # fmt: skip
     return {"scores": scores, "floor": floor, "blur_sigma": sigma, "blur_saturated": saturated}
+
+
+def control_note(entry: Mapping, method: str) -> str:
+    """The note column of a controls table row: the model's reconstruction floor, the blur-matched copy's sigma."""
+    if method == "model":
+        return f"floor {entry['reconstruction_floor']:.4f}"
+    if method == "blur_matched_copy_source" and entry.get("blur_sigma") is not None:
+        return f"σ {entry['blur_sigma']:.2f} px" + (" (saturated)" if entry.get("blur_saturated") else "")
+    return ""
