@@ -1,6 +1,6 @@
 """Does stage 1 learn motion? Train on real faces and track held-out self-reenactment against copy-the-source.
 
-``python -m lp_train.learning_check OUT --faces ../shared/data/faces [options] [hydra overrides ...]``
+``python -m lp_train.learning_check OUT --faces FACES_DIR [options] [hydra overrides ...]``
 (``--prepare-only`` stops after step 3; ``--prepared`` instead of ``--faces`` starts at step 4 on OUT's data.)
 ``python -m lp_train.learning_check rescore OUT [--dest DIR]`` rescores the kept checkpoints of a finished (or
 running) check with every control and rewrites its ``heldout.json``, ``learning.md`` and ``learning.png``.
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", type=Path, help="output folder (shards, pairs, run, report)")
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--faces", type=Path, help="folder with videos/*.mp4 and images/*.jpg (e.g. ../shared/data/faces)")
+    src.add_argument("--faces", type=Path, help="folder with videos/*.mp4 and images/*.jpg")
     src.add_argument("--synthetic", action="store_true", help="synthetic faces (smoke tests)")
     src.add_argument("--portraits", nargs="?", const="", type=str, metavar="DIR",
                      help="synthetic motion: portraits of DIR (alone: the embedded photos) moved by known smooth "

@@ -1,7 +1,7 @@
 """Small shards in the real format (``lp_train.data.shard_format``) for tests, benchmarks and demos of the loader
 (paper Sec. 3.1 training data, in miniature).
 
-- ``face_folder_samples``: clips and portraits of a folder such as ``../shared/data/faces`` -> LivePortrait crops
+- ``face_folder_samples``: clips and portraits of a faces folder (``videos/``, ``images/``) -> LivePortrait crops
   (``lp_train.face.crop``; one crop per clip, from its first frame) with mediapipe face-mesh landmarks
   (``lp_train.face.detect``) in every frame.
 - ``synthetic_samples``: procedurally drawn faces (``lp_train.data.synthetic``), needing no files at all.
